@@ -1,0 +1,44 @@
+"""Plugin registries fed by entry points; built-ins are registered the same way.
+
+Groups: ``moderator.sources`` and ``moderator.scorers``. ``get_*`` returns the
+registered object; ``add_*`` registers one at run time (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+GROUPS = ("moderator.sources", "moderator.scorers")
+_registry: dict[str, dict[str, Any]] = {}
+
+
+def _load(group: str) -> dict[str, Any]:
+    if group not in _registry:
+        found: dict[str, Any] = {}
+        for ep in entry_points(group=group):
+            found[ep.name] = ep.load()
+        _registry[group] = found
+    return _registry[group]
+
+
+def names(group: str) -> list[str]:
+    return sorted(_load(group))
+
+
+def get(group: str, name: str) -> Any:
+    plugins = _load(group)
+    if name not in plugins:
+        known = ", ".join(sorted(plugins)) or "none"
+        raise KeyError(f"no {group} plugin named {name!r} (installed: {known})")
+    return plugins[name]
+
+
+def add(group: str, name: str, plugin: Any) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"unknown plugin group {group!r}; one of {GROUPS}")
+    _load(group)[name] = plugin
+
+
+def all_plugins(group: str) -> dict[str, Any]:
+    return dict(_load(group))

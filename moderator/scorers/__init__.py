@@ -1,0 +1,96 @@
+"""Scorer plugins (entry point group ``moderator.scorers``).
+
+A policy names its scorer (``scorer: clip`` by default). The plugin compiles the
+policy into a CompiledScorer, which maps a batch to per-class scores in [0, 1].
+Decisions (thresholds, bands, actions) are the same for every scorer: see decide.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from moderator import plugins
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from moderator.models.clip import ClipModel
+    from moderator.policy.schema import PolicySpec
+    from moderator.settings import Settings
+
+GROUP = "moderator.scorers"
+
+
+class ScorerInput(StrEnum):
+    EMBEDDING = "embedding"  # CLIP image embeddings, [frames, d] per item
+    IMAGE = "image"  # decoded RGB frames per item
+    BYTES = "bytes"  # the raw bytes and sha256 (e.g. exact hash lists: no decoding)
+
+
+class ScorerUnavailable(Exception):
+    """The scorer cannot run here (weights or package missing). One-line message: what and how to fix."""
+
+
+@dataclass
+class ScorerContext:
+    """What a scorer may need at compile time; models load lazily, once per process."""
+
+    settings: Settings
+    clip: Callable[[], ClipModel]  # raises ScorerUnavailable when weights cannot be had
+    policy_file: Path | None = None
+
+
+@dataclass
+class ScoringBatch:
+    """One batch of items. Lists are aligned; a scorer reads only its own input kind."""
+
+    sha256: list[str]
+    data: list[bytes] | None = None
+    frames: list[list[Image.Image]] | None = None
+    embeddings: list[np.ndarray] | None = None  # float32, L2-normalised, [frames, d]
+    # Shared per-batch results by model key, so a model runs once per batch
+    # however many policies use it: memo(key, fn) computes fn() once.
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Scores [N, C] in [0, 1] and, per item and class, a short evidence string."""
+
+    scores: np.ndarray
+    evidence: list[list[str]]
+
+
+class CompiledScorer(Protocol):
+    input: ScorerInput
+    model_id: str  # recorded beside every result it produces
+    class_names: list[str]
+
+    def score(self, batch: ScoringBatch) -> ClassScores: ...
+
+
+class Scorer(Protocol):
+    """What an entry point in ``moderator.scorers`` provides."""
+
+    name: str
+    input: ScorerInput
+
+    def compile(self, spec: PolicySpec, ctx: ScorerContext) -> CompiledScorer:
+        """Raise ScorerUnavailable when it cannot run here; ValueError for a bad policy."""
+        ...
+
+
+def get_scorer(name: str) -> Scorer:
+    scorer: Scorer = plugins.get(GROUP, name)
+    return scorer

@@ -1,0 +1,52 @@
+"""All configuration, from MODERATOR_* environment variables (CLI flags override)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def default_database_url() -> str:
+    data = Path(user_data_dir("moderator", appauthor=False))
+    return f"sqlite:///{data / 'moderator.db'}"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # fp16 on CUDA, fp32 on CPU
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"  # dynamic int8 quantisation of linear layers (CPU)
+
+
+class Settings(BaseSettings):
+    """Every setting, documented; `tests/test_settings.py` fails on an undocumented one."""
+
+    model_config = SettingsConfigDict(env_prefix="MODERATOR_", extra="forbid")
+
+    database_url: str = Field(default_factory=default_database_url, description="SQLAlchemy URL of the store (SQLite file by default, postgresql+psycopg://... in production).")
+    model: str = Field("ViT-B-32", description="open_clip model name (or test-tiny for tests).")
+    pretrained: str = Field("laion2b_s34b_b79k", description="open_clip pretrained tag, a local checkpoint path, hf-hub:ORG/NAME (offline HF cache), or 'none' for random weights (benchmarks only).")
+    device: Device = Field(Device.AUTO, description="auto (CUDA when present), cpu or cuda.")
+    precision: Precision = Field(Precision.AUTO, description="auto, fp32, fp16 or int8.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Images per model batch.")
+    decode_workers: int = Field(0, ge=0, le=256, description="Threads decoding images; 0 picks from the CPU count.")
+    policies: list[Path] = Field(default_factory=lambda: [SHIPPED_POLICIES], description="Policy folders or files (the shipped policies/ by default).")
+    max_image_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are refused as decompression bombs before their pixels are read.")
+    max_image_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Files larger than this are recorded as errors without being read.")
+    max_frames: int = Field(4, ge=1, le=64, description="Frames sampled from animated images; the worst score over them is kept.")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL for `moderator enqueue` and `moderator worker`.")
+
+    def policy_paths(self) -> list[Path]:
+        return list(self.policies)
