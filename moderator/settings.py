@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -46,7 +47,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are refused as decompression bombs before their pixels are read.")
     max_image_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Files larger than this are recorded as errors without being read.")
     max_frames: int = Field(4, ge=1, le=64, description="Frames sampled from animated images; the worst score over them is kept.")
+    onnx_threads: int = Field(0, ge=0, le=256, description="Intra-op threads of onnxruntime models (open_nsfw); 0 lets onnxruntime pick from the CPU count.")
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL for `moderator enqueue` and `moderator worker`.")
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3/SQS request (the first included) before giving up; throttling and 5xx are retried with backoff.")
+    s3_retry_mode: Literal["standard", "adaptive"] = Field("standard", description="botocore retry mode: standard (exponential backoff) or adaptive (also rate-limits the client when throttled).")
+    s3_page_size: int = Field(1000, ge=1, le=1000, description="Keys per S3 listing request; listings stream page by page.")
+    webhook_secret: SecretStr | None = Field(None, description="Shared secret of POST /hooks/s3 (header Authorization: Bearer <secret>); unset: the webhook refuses every request.")
+    session_idle_minutes: int = Field(30, ge=1, le=7 * 24 * 60, description="Review UI sessions expire after this many minutes without a request.")
+    secure_cookies: bool = Field(False, description="Always mark session cookies Secure (behind a TLS-terminating proxy); they are Secure anyway when the request came over HTTPS.")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token that may read /metrics without a login (admins may read it too); unset: admins only.")
+    login_max_failures: int = Field(5, ge=1, description="Failed logins allowed per username and client address within login_lockout_minutes before further tries are refused.")
+    login_lockout_minutes: int = Field(15, ge=1, description="Window (minutes) over which failed logins are counted for the rate limit.")
+    thumbnail_size: int = Field(768, ge=64, le=4096, description="Longest side (pixels) of the re-encoded images the review UI serves.")
 
     def policy_paths(self) -> list[Path]:
         return list(self.policies)

@@ -1,0 +1,26 @@
+"""`moderator policy ...`: validate policy files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moderator.cli.common import console, out
+
+app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
+
+
+@app.command("validate")
+def validate(files: Annotated[list[Path], typer.Argument(help="Policy files or folders.")]) -> None:
+    """Check policy files; every error names the file, line and field. Exit code 1 when any is invalid."""
+    from moderator.policy.load import expand_paths, validate_files
+
+    errors = validate_files(files)
+    for err in errors:
+        console.print(f"[red]{err}[/red]", highlight=False)
+    checked = expand_paths(files)
+    if errors:
+        raise typer.Exit(1)
+    out.print(f"{len(checked)} policy file(s) valid")

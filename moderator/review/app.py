@@ -1,0 +1,124 @@
+"""The review server: `create_app(settings)` builds the FastAPI app.
+
+Every route but /healthz (and the S3 webhook, which has its own shared-secret auth)
+needs a login. Security headers are set on every response by a plain ASGI middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import moderator.store.review_tables  # noqa: F401  (the review tables join Base.metadata)
+from moderator.review import auth, routes_admin, routes_api, routes_auth, routes_meta, routes_pages
+from moderator.review.templates import HERE, render
+from moderator.settings import Settings
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response (errors and static files too)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api") and "text/html" in request.headers.get("accept", "")
+
+
+async def _not_authenticated(request: Request, exc: Exception) -> Response:
+    if _wants_html(request) and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+    return JSONResponse(
+        {"detail": "login required"}, status_code=401, headers={"WWW-Authenticate": 'Basic realm="moderator"'}
+    )
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if _wants_html(request):
+        principal = getattr(request.state, "principal", None)
+        return render(request, "error.html", principal, status_code=exc.status_code, message=exc.detail)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # No input echoed back: a hostile value must not come back in the body.
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _include_webhook(app: FastAPI) -> None:
+    try:
+        from moderator.sources.webhook import router
+    except ImportError:
+        return
+    app.include_router(router)
+
+
+def create_app(settings: Settings | None = None, store: Any = None) -> FastAPI:
+    """The review app on `settings.database_url` (or on an open `store`)."""
+    from moderator.store import Store
+
+    settings = settings or Settings()
+    store = store or Store(settings.database_url)
+    app = FastAPI(
+        title="moderator",
+        summary="Review flagged images; enqueue scans; look up items and decisions.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served by routes_meta behind a login
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.engine = store.engine
+    app.state.metrics = routes_meta.Metrics()
+    app.add_exception_handler(auth.NotAuthenticated, _not_authenticated)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api):
+        app.include_router(module.router)
+    _include_webhook(app)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,176 @@
+"""The JSON API (/api): enqueue scans, job status, item lookup, the queue, decisions.
+
+Callers authenticate with a session (and its CSRF token), HTTP Basic, or a personal
+token (`Authorization: Bearer ...`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from moderator.review import decisions, queries
+from moderator.review.auth import CurrentUser, Db, settings_of
+from moderator.review.routes_pages import Filters
+from moderator.store.review_tables import Review
+from moderator.store.tables import Item
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+class ScanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[str] = Field(min_length=1, max_length=10_000, description="Paths, folders, archives or S3 URIs.")
+    policies: list[str] | None = Field(None, description="Policy names; all configured policies when empty.")
+
+
+class ScanOut(BaseModel):
+    job_id: str
+
+
+class ReviewOut(BaseModel):
+    id: int
+    reviewer: str
+    via: str
+    verdict: str
+    old_decision: str
+    new_decision: str
+    labels: list[str]
+    note: str
+    created_at: datetime
+
+
+class ItemOut(BaseModel):
+    id: int
+    uri: str
+    sha256: str | None
+    status: str
+    error: str | None
+    decision: str | None = Field(description="The pipeline's decision.")
+    current_decision: str = Field(description="The latest reviewer decision, else the pipeline's.")
+    results: list[dict[str, Any]]
+    reviews: list[ReviewOut] = Field(description="Newest first.")
+    meta: dict[str, Any]
+
+
+class QueueOut(BaseModel):
+    total: int
+    page: int
+    per_page: int
+    items: list[dict[str, Any]]
+
+
+class BulkDecisionIn(decisions.DecisionIn):
+    item_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+def _review_out(r: Review) -> ReviewOut:
+    return ReviewOut.model_validate(r, from_attributes=True)
+
+
+def item_out(db: Session, item: Item) -> ItemOut:
+    results = queries.results_of(db, [item.id]).get(item.id, [])
+    past = queries.history(db, item.uri)
+    return ItemOut(
+        id=item.id,
+        uri=item.uri,
+        sha256=item.sha256,
+        status=str(item.status),
+        error=item.error,
+        decision=str(item.decision) if item.decision else None,
+        current_decision=decisions.current_decision(item, past[0] if past else None),
+        results=[
+            {
+                "policy": r.policy,
+                "policy_version": r.policy_version,
+                "scorer": r.scorer,
+                "model_id": r.model_id,
+                "action": str(r.action),
+                "scores": r.scores,
+                "fired": r.fired,
+                "tags": r.tags,
+            }
+            for r in results
+        ],
+        reviews=[_review_out(r) for r in past],
+        meta=item.meta or {},
+    )
+
+
+@router.post("/scans", response_model=ScanOut, status_code=202)
+def enqueue_scan(request: Request, body: ScanIn, principal: CurrentUser) -> ScanOut:
+    """Queue a scan of paths or S3 URIs for the workers; returns the job id."""
+    try:
+        from moderator.queue import enqueue_targets
+    except ImportError:
+        raise HTTPException(503, "scanning through the queue is not available in this installation") from None
+    try:
+        job_id = enqueue_targets(body.targets, settings_of(request), body.policies)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    return ScanOut(job_id=job_id)
+
+
+@router.get("/jobs/{job_id}")
+def job_status(request: Request, job_id: str, principal: CurrentUser) -> dict[str, Any]:
+    """A job's state and progress counts."""
+    store = request.app.state.store
+    job = store.get_job(job_id)
+    if job is None:
+        raise HTTPException(404, "no such job")
+    return {k: (str(v) if k == "state" else v) for k, v in vars(job).items()}
+
+
+@router.get("/items", response_model=list[ItemOut])
+def lookup_items(db: Db, principal: CurrentUser, uri: str | None = None, sha256: str | None = None) -> list[ItemOut]:
+    """Items by uri or by content sha256 (one of them)."""
+    if (uri is None) == (sha256 is None):
+        raise HTTPException(422, "give exactly one of uri or sha256")
+    return [item_out(db, item) for item in queries.find_items(db, uri=uri, sha256=sha256)]
+
+
+@router.get("/items/{item_id}", response_model=ItemOut)
+def get_item(item_id: int, db: Db, principal: CurrentUser) -> ItemOut:
+    item = db.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404, "no such item")
+    return item_out(db, item)
+
+
+@router.get("/queue", response_model=QueueOut)
+def get_queue(db: Db, principal: CurrentUser, filters: Filters) -> QueueOut:
+    """Unreviewed items flagged review or block (query: decision, policy, class, tag, source, since, until,
+    min_score, max_score, page, per_page)."""
+    page = queries.queue(db, filters)
+    return QueueOut(total=page.total, page=page.page, per_page=page.per_page, items=[vars(r) for r in page.rows])
+
+
+def _decide(db: Session, item_ids: list[int], d: decisions.DecisionIn, principal: Any) -> list[ReviewOut]:
+    items = [db.get(Item, i) for i in item_ids]
+    missing = [i for i, item in zip(item_ids, items, strict=True) if item is None]
+    if missing:
+        raise HTTPException(404, f"no such item: {missing[0]}")
+    try:
+        reviews = decisions.decide_many(db, [i for i in items if i is not None], d, principal.user.name, "api")
+    except decisions.DecisionError as e:
+        raise HTTPException(422, str(e)) from None
+    db.commit()
+    return [_review_out(r) for r in reviews]
+
+
+@router.post("/items/{item_id}/decisions", response_model=ReviewOut, status_code=201)
+def decide_item(item_id: int, body: decisions.DecisionIn, db: Db, principal: CurrentUser) -> ReviewOut:
+    """Record a reviewer decision (confirm, dismiss, relabel) on one item."""
+    return _decide(db, [item_id], body, principal)[0]
+
+
+@router.post("/decisions", response_model=list[ReviewOut], status_code=201)
+def decide_bulk(body: BulkDecisionIn, db: Db, principal: CurrentUser) -> list[ReviewOut]:
+    """The same decision on several items, all or none."""
+    d = decisions.DecisionIn.model_validate(body.model_dump(exclude={"item_ids"}))
+    return _decide(db, body.item_ids, d, principal)

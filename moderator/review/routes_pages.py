@@ -1,0 +1,118 @@
+"""The reviewer's pages: the queue, one item, its image, and the decision forms."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import ValidationError
+
+from moderator.review import decisions, queries
+from moderator.review.auth import CurrentUser, Db, settings_of
+from moderator.review.images import load_thumbnail
+from moderator.review.templates import render
+from moderator.store.review_tables import Verdict
+from moderator.store.tables import Item
+
+router = APIRouter(include_in_schema=False)
+
+
+def queue_filters(request: Request) -> queries.QueueFilters:
+    """Filters from the query string; empty fields (as forms send them) mean no filter."""
+    fields = {"class" if k == "cls" else k: k for k in queries.QueueFilters.model_fields}
+    raw = {fields[k]: v for k, v in request.query_params.items() if k in fields and v.strip()}
+    try:
+        return queries.QueueFilters.model_validate(raw)
+    except ValidationError as e:
+        raise HTTPException(422, "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+
+
+Filters = Annotated[queries.QueueFilters, Depends(queue_filters)]
+
+
+def safe_next(url: str, default: str = "/queue") -> str:
+    """Only same-site paths are redirect targets (no open redirect)."""
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc or not url.startswith("/") or url.startswith("//"):
+        return default
+    return url
+
+
+@router.get("/")
+def home(principal: CurrentUser) -> RedirectResponse:
+    return RedirectResponse("/queue", status_code=303)
+
+
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request, principal: CurrentUser, db: Db, filters: Filters) -> HTMLResponse:
+    page = queries.queue(db, filters)
+    return render(
+        request,
+        "queue.html",
+        principal,
+        page=page,
+        filters=filters,
+        here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+    )
+
+
+@router.get("/items/{item_id}", response_class=HTMLResponse)
+def item_page(request: Request, item_id: int, principal: CurrentUser, db: Db) -> HTMLResponse:
+    item = db.get(Item, item_id)
+    if item is None:
+        raise HTTPException(404, "no such item")
+    results = queries.results_of(db, [item.id]).get(item.id, [])
+    past = queries.history(db, item.uri)
+    return render(
+        request,
+        "item.html",
+        principal,
+        item=item,
+        results=results,
+        history=past,
+        current=decisions.current_decision(item, past[0] if past else None),
+        back=safe_next(request.query_params.get("back", "/queue")),
+    )
+
+
+@router.get("/items/{item_id}/image")
+async def item_image(request: Request, item_id: int, principal: CurrentUser, db: Db) -> Response:
+    item = await run_in_threadpool(db.get, Item, item_id)
+    if item is None:
+        raise HTTPException(404, "no such item")
+    size = request.query_params.get("size")
+    side = int(size) if size and size.isdigit() and 32 <= int(size) <= 2048 else None
+    try:
+        body = await run_in_threadpool(load_thumbnail, item.uri, settings_of(request), side)
+    except Exception as e:  # unreadable source or undecodable image: the page shows a placeholder
+        raise HTTPException(404, f"image unavailable: {type(e).__name__}") from None
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.post("/decisions")
+def decide_form(
+    principal: CurrentUser,
+    db: Db,
+    item_ids: Annotated[list[int], Form()],
+    verdict: Annotated[Verdict, Form()],
+    labels: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/queue",
+) -> RedirectResponse:
+    """One or several items at once (the queue's bulk form and keyboard shortcuts)."""
+    try:
+        d = decisions.DecisionIn(verdict=verdict, labels=decisions.parse_labels(labels), note=note)
+    except ValidationError as e:
+        raise HTTPException(422, str(e.errors()[0]["msg"])) from None
+    items = [db.get(Item, i) for i in item_ids]
+    if any(item is None for item in items):
+        raise HTTPException(404, "no such item")
+    try:
+        decisions.decide_many(db, [i for i in items if i is not None], d, principal.user.name, "web")
+    except decisions.DecisionError as e:
+        raise HTTPException(422, str(e)) from None
+    db.commit()
+    return RedirectResponse(safe_next(next), status_code=303)

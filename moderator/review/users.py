@@ -1,0 +1,143 @@
+"""Users, passwords (Argon2id), personal API tokens and the failed-login rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from moderator.store.review_tables import ApiToken, LoginFailure, Role, User, WebSession, utcnow
+
+# OWASP password storage cheat sheet: Argon2id, m=19 MiB, t=2, p=1.
+HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16)
+# Verified against when the user does not exist, so timing does not reveal who exists.
+_DUMMY_HASH = HASHER.hash(secrets.token_hex(16))
+MIN_PASSWORD = 8
+
+
+class UserError(ValueError):
+    """A user operation that cannot be done (unknown name, duplicate, weak password)."""
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def add_user(db: Session, name: str, role: Role, password: str) -> User:
+    name = name.strip()
+    if not name or len(name) > 64:
+        raise UserError("a user name is 1 to 64 characters")
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"a password has at least {MIN_PASSWORD} characters")
+    if find_user(db, name) is not None:
+        raise UserError(f"user {name!r} exists already")
+    user = User(name=name, role=Role(role).value, password_hash=HASHER.hash(password), disabled=False)
+    db.add(user)
+    db.flush()
+    return user
+
+
+def find_user(db: Session, name: str) -> User | None:
+    return db.scalars(select(User).where(User.name == name)).one_or_none()
+
+
+def get_user(db: Session, name: str) -> User:
+    user = find_user(db, name)
+    if user is None:
+        raise UserError(f"no user named {name!r}")
+    return user
+
+
+def list_users(db: Session) -> list[User]:
+    return list(db.scalars(select(User).order_by(User.name)))
+
+
+def set_disabled(db: Session, name: str, disabled: bool) -> User:
+    """Disabling also ends the user's sessions and revokes their API tokens."""
+    user = get_user(db, name)
+    user.disabled = disabled
+    if disabled:
+        db.execute(delete(WebSession).where(WebSession.user_id == user.id))
+        for token in db.scalars(select(ApiToken).where(ApiToken.user_id == user.id)):
+            token.revoked = True
+    return user
+
+
+def set_role(db: Session, name: str, role: Role) -> User:
+    user = get_user(db, name)
+    user.role = Role(role).value
+    return user
+
+
+def check_password(db: Session, name: str, password: str) -> User | None:
+    """The enabled user with this name and password, else None (same cost either way)."""
+    user = find_user(db, name)
+    try:
+        HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or user.disabled:
+        return None
+    if HASHER.check_needs_rehash(user.password_hash):
+        user.password_hash = HASHER.hash(password)
+    return user
+
+
+def create_token(db: Session, name: str, label: str = "") -> str:
+    """A new personal API token for `name`; the clear text is returned once, never stored."""
+    user = get_user(db, name)
+    token = "mod_" + secrets.token_urlsafe(32)
+    db.add(ApiToken(token_hash=sha256_hex(token), user_id=user.id, label=label))
+    db.flush()
+    return token
+
+
+def user_for_token(db: Session, token: str) -> User | None:
+    row = db.scalars(select(ApiToken).where(ApiToken.token_hash == sha256_hex(token))).one_or_none()
+    if row is None or row.revoked:
+        return None
+    user = db.get(User, row.user_id)
+    if user is None or user.disabled:
+        return None
+    row.last_used = utcnow()
+    return user
+
+
+# --- failed-login rate limit -------------------------------------------------------
+
+
+def login_blocked(db: Session, name: str, client: str, max_failures: int, window_minutes: int) -> bool:
+    since = utcnow() - timedelta(minutes=window_minutes)
+    count = db.scalar(
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(LoginFailure.username == name, LoginFailure.client == client, LoginFailure.at >= since)
+    )
+    return (count or 0) >= max_failures
+
+
+def record_failure(db: Session, name: str, client: str, window_minutes: int) -> None:
+    db.add(LoginFailure(username=name[:255], client=client[:64]))
+    # Old rows are of no use to the limit; pruning here keeps the table small.
+    db.execute(delete(LoginFailure).where(LoginFailure.at < utcnow() - timedelta(minutes=window_minutes)))
+
+
+def clear_failures(db: Session, name: str, client: str) -> None:
+    db.execute(delete(LoginFailure).where(LoginFailure.username == name, LoginFailure.client == client))
+
+
+def login(db: Session, name: str, password: str, client: str, max_failures: int, window_minutes: int) -> User | None:
+    """Check a login under the rate limit; raises UserError when too many tries failed."""
+    if login_blocked(db, name, client, max_failures, window_minutes):
+        raise UserError("too many failed logins: try again later")
+    user = check_password(db, name, password)
+    if user is None:
+        record_failure(db, name, client, window_minutes)
+        return None
+    clear_failures(db, name, client)
+    return user

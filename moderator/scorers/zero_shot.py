@@ -1,0 +1,191 @@
+"""CLIP zero-shot scorer (entry point ``clip``): image embeddings x prompt embeddings -> scores.
+
+Prompt ensembles: every prompt of a class (and every policy negative) is embedded
+in every template; the template embeddings are averaged per prompt and
+renormalised. A class's similarity to a frame is that of its best prompt, which
+is kept as the evidence. Then, with CLIP's logit scale L:
+
+- exclusive: softmax over classes of L * similarity;
+- multilabel: per class, a two-way softmax of L * similarity against L * the best
+  negative prompt's similarity (see policy/schema.py).
+
+An item's score per class is the max over its frames (the worst frame counts).
+The math is in pure functions over arrays (frame_scores, zero_shot_scores), so
+tests inject hand-made embeddings; the scorer only adds the text encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from moderator.models.text_cache import TextEmbeddingCache, default_cache
+from moderator.policy.schema import Mode, PolicySpec
+from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch
+
+NEGATIVE = -1  # owner index of a policy-level negative prompt
+TEXT_BATCH = 256  # texts per encode_text call
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Per-prompt embeddings [P, d] (template-averaged, unit length), each owned by a class or NEGATIVE."""
+
+    embeddings: np.ndarray
+    owner: np.ndarray  # int [P]: class index, or NEGATIVE
+    prompts: tuple[str, ...]
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        missing = sorted(set(range(self.n_classes)) - set(self.owner.tolist()))
+        if missing:
+            raise ValueError(f"classes {missing} have no prompts")
+        if self.embeddings.shape[0] != len(self.prompts) or self.owner.shape != (len(self.prompts),):
+            raise ValueError("embeddings, owner and prompts must be aligned")
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    scores: np.ndarray  # [C] in [0, 1]
+    prompt: np.ndarray  # int [C]: index into PromptSet.prompts of the best prompt, on the worst frame
+    frame: np.ndarray  # int [C]: the frame that gave the score
+
+
+def ensemble(template_emb: np.ndarray, n_templates: int) -> np.ndarray:
+    """[P * T, d] embeddings, prompt-major -> [P, d]: mean over templates, renormalised."""
+    if template_emb.shape[0] % n_templates:
+        raise ValueError(f"{template_emb.shape[0]} embeddings do not divide into {n_templates} templates")
+    mean = template_emb.reshape(-1, n_templates, template_emb.shape[-1]).astype(np.float64).mean(axis=1)
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return mean / np.maximum(norm, 1e-12)
+
+
+def frame_scores(
+    image_emb: np.ndarray, prompts: PromptSet, logit_scale: float, mode: Mode
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame and class: score [F, C] in [0, 1] and the best prompt's index [F, C]."""
+    sims = image_emb.astype(np.float64) @ prompts.embeddings.astype(np.float64).T  # [F, P]
+    n_frames, n_classes = sims.shape[0], prompts.n_classes
+    class_sim = np.empty((n_frames, n_classes))
+    best = np.empty((n_frames, n_classes), dtype=np.int64)
+    for c in range(n_classes):
+        idx = np.flatnonzero(prompts.owner == c)
+        pick = sims[:, idx].argmax(axis=1)  # first best on ties: deterministic
+        best[:, c] = idx[pick]
+        class_sim[:, c] = sims[np.arange(n_frames), idx[pick]]
+    logits = logit_scale * class_sim
+    if mode is Mode.EXCLUSIVE:
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True), best
+    negatives = np.flatnonzero(prompts.owner == NEGATIVE)
+    if negatives.size == 0:
+        raise ValueError("multilabel scoring needs negative prompts")
+    neg = logit_scale * sims[:, negatives].max(axis=1, keepdims=True)
+    # softmax of [class, negative] = sigmoid(class - negative); stable for either sign.
+    return 0.5 * (1.0 + np.tanh(0.5 * (logits - neg))), best
+
+
+def zero_shot_scores(image_emb: np.ndarray, prompts: PromptSet, logit_scale: float, mode: Mode) -> ItemScores:
+    """One item's frames [F, d] -> per-class scores, max over frames, with the prompt and frame behind each."""
+    if image_emb.ndim != 2 or image_emb.shape[0] == 0:
+        raise ValueError(f"expected image embeddings [frames, d], got shape {image_emb.shape}")
+    if image_emb.shape[1] != prompts.embeddings.shape[1]:
+        raise ValueError(
+            f"image embeddings have {image_emb.shape[1]} dimensions, prompts {prompts.embeddings.shape[1]}: "
+            "they come from different models"
+        )
+    per_frame, best = frame_scores(image_emb, prompts, logit_scale, mode)
+    frame = per_frame.argmax(axis=0)
+    cols = np.arange(prompts.n_classes)
+    return ItemScores(scores=per_frame[frame, cols], prompt=best[frame, cols], frame=frame)
+
+
+def prompt_texts(spec: PolicySpec) -> tuple[list[str], list[int]]:
+    """Every prompt of the policy (classes in order, then negatives) and its owner index."""
+    prompts: list[str] = []
+    owner: list[int] = []
+    for c, cls in enumerate(spec.classes.values()):
+        for p in cls.prompts or ():
+            prompts.append(p)
+            owner.append(c)
+    if spec.mode is Mode.MULTILABEL:
+        for p in spec.negatives or ():
+            prompts.append(p)
+            owner.append(NEGATIVE)
+    return prompts, owner
+
+
+def text_key(spec: PolicySpec) -> str:
+    """Hash of what the text embeddings depend on: templates and prompts (not thresholds or actions)."""
+    prompts, _ = prompt_texts(spec)
+    content = json.dumps({"templates": spec.templates, "prompts": prompts}, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+def fill(template: str, prompt: str) -> str:
+    return template.replace("{}", prompt)
+
+
+class CompiledZeroShot:
+    input = ScorerInput.EMBEDDING
+
+    def __init__(self, spec: PolicySpec, prompts: PromptSet, logit_scale: float, model_id: str) -> None:
+        self.class_names = spec.class_names()
+        self.model_id = model_id
+        self.prompts = prompts
+        self.logit_scale = logit_scale
+        self.mode = spec.mode
+
+    def score(self, batch: ScoringBatch) -> ClassScores:
+        if batch.embeddings is None:
+            raise ValueError("the clip scorer needs image embeddings in the batch")
+        rows: list[np.ndarray] = []
+        evidence: list[list[str]] = []
+        for emb in batch.embeddings:
+            item = zero_shot_scores(np.asarray(emb), self.prompts, self.logit_scale, self.mode)
+            rows.append(item.scores)
+            many = np.asarray(emb).shape[0] > 1
+            evidence.append(
+                [
+                    f"{self.prompts.prompts[p]} (frame {f})" if many else self.prompts.prompts[p]
+                    for p, f in zip(item.prompt.tolist(), item.frame.tolist(), strict=True)
+                ]
+            )
+        scores = np.stack(rows) if rows else np.zeros((0, len(self.class_names)))
+        return ClassScores(scores=scores, evidence=evidence)
+
+
+class ZeroShotScorer:
+    name = "clip"
+    input = ScorerInput.EMBEDDING
+
+    def __init__(self, cache: TextEmbeddingCache | None = None) -> None:
+        self._cache = cache
+
+    def compile(self, spec: PolicySpec, ctx: ScorerContext) -> CompiledZeroShot:
+        prompts, owner = prompt_texts(spec)
+        if spec.scorer != self.name:
+            raise ValueError(f"policy {spec.name!r} names scorer {spec.scorer!r}, not {self.name!r}")
+        model = ctx.clip()  # raises ScorerUnavailable when there are no weights
+        texts = [fill(t, p) for p in prompts for t in spec.templates]  # prompt-major, as ensemble() expects
+        cache = self._cache or default_cache()
+
+        def encode(batch: list[str]) -> np.ndarray:
+            chunks = [model.encode_text(batch[i : i + TEXT_BATCH]) for i in range(0, len(batch), TEXT_BATCH)]
+            return np.concatenate(chunks, axis=0)
+
+        template_emb = cache.get(text_key(spec), model.model_id, texts, encode)
+        prompt_set = PromptSet(
+            embeddings=ensemble(template_emb, len(spec.templates)),
+            owner=np.asarray(owner, dtype=np.int64),
+            prompts=tuple(prompts),
+            n_classes=len(spec.classes),
+        )
+        return CompiledZeroShot(spec, prompt_set, float(model.logit_scale), model.model_id)
+
+
+scorer = ZeroShotScorer()

@@ -1,0 +1,89 @@
+"""Job rows: what was asked for and how far it got (Store wraps these in a session)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from moderator.store.records import JobInfo
+from moderator.store.tables import Job, JobState, utcnow
+
+
+def _info(job: Job) -> JobInfo:
+    return JobInfo(
+        id=job.id,
+        state=job.state,
+        targets=list(job.targets),
+        policies=list(job.policies),
+        total=job.total,
+        done=job.done,
+        errors=job.errors,
+        skipped=job.skipped,
+        message=job.message,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+
+
+def create_job(session: Session, targets: Sequence[str], policies: Sequence[str], total: int | None = None) -> str:
+    job_id = str(uuid.uuid4())
+    now = utcnow()
+    session.add(
+        Job(
+            id=job_id,
+            created_at=now,
+            updated_at=now,
+            state=JobState.PENDING,
+            targets=list(targets),
+            policies=list(policies),
+            total=total,
+            done=0,
+            errors=0,
+            skipped=0,
+        )
+    )
+    return job_id
+
+
+def update_job(
+    session: Session,
+    job_id: str,
+    *,
+    state: JobState | None = None,
+    total: int | None = None,
+    done: int | None = None,
+    errors: int | None = None,
+    skipped: int | None = None,
+    message: str | None = None,
+) -> None:
+    """Set the fields given (None leaves a field as it is)."""
+    given = {"state": state, "total": total, "done": done, "errors": errors, "skipped": skipped, "message": message}
+    values = {k: v for k, v in given.items() if v is not None}
+    _update(session, job_id, values)
+
+
+def add_job_counts(session: Session, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> None:
+    """Increment the counters in SQL: safe when several workers report on one job at once."""
+    values = {"done": Job.done + done, "errors": Job.errors + errors, "skipped": Job.skipped + skipped}
+    _update(session, job_id, values)
+
+
+def _update(session: Session, job_id: str, values: Mapping[str, Any]) -> None:
+    stmt = update(Job).where(Job.id == job_id).values(**values, updated_at=utcnow())
+    if session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 0:  # type: ignore[attr-defined]
+        raise KeyError(f"no job {job_id!r}")
+
+
+def get_job(session: Session, job_id: str) -> JobInfo | None:
+    job = session.get(Job, job_id)
+    return None if job is None else _info(job)
+
+
+def list_jobs(session: Session, limit: int = 20) -> list[JobInfo]:
+    """Newest first."""
+    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit))
+    return [_info(job) for job in jobs]
