@@ -90,6 +90,7 @@ class Pipeline:
         self.needs_embeddings = any(p.scorer.input is ScorerInput.EMBEDDING for p in self.policies)
         self.needs_images = any(p.scorer.input is ScorerInput.IMAGE for p in self.policies)
         self.versions = {p.loaded.spec.name: p.loaded.version for p in self.policies}
+        self.policy_models = {p.loaded.spec.name: p.scorer.model_id for p in self.policies}
         self.model_id = model_id_for(settings)
         self.clip = get_clip_model(settings) if self.needs_embeddings else None
         self.timer = StageTimer()

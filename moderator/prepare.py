@@ -73,9 +73,14 @@ class Preparer:
         """Already stored with every active policy's current version (or a recorded bad-image error)."""
         if self.force or known is None:
             return False
+        if known.status is ItemStatus.SKIPPED:
+            return True  # refused by a source rule (archive member): same fingerprint, same refusal
         if known.status in (ItemStatus.ERROR, ItemStatus.SKIPPED):
             return known.sha256 is not None  # bytes were read: the error is about the image, not the fetch
-        return all(known.policy_versions.get(name) == v for name, v in self.p.versions.items())
+        return all(
+            known.policy_versions.get(name) == v and known.policy_models.get(name) == self.p.policy_models[name]
+            for name, v in self.p.versions.items()
+        )
 
     def prepare(self, batch: list[SourceItem]) -> list[PreparedItem]:
         timer = self.p.timer
@@ -94,12 +99,20 @@ class Preparer:
 
         list(self.pool.map(self._read, [p for p in out if p.status is ItemStatus.OK]))
         kept = []
+        touched: dict[str, str] = {}
         for p in out:
             k = known.get(p.item.uri)
-            if p.sha256 and k and k.sha256 == p.sha256 and self._is_current(k) and k.fingerprint == p.item.fingerprint:
+            if p.sha256 and k and k.sha256 == p.sha256 and self._is_current(k):
+                # Same bytes: unchanged whatever the fingerprint says (a touched file). The new
+                # fingerprint is stored so the next scan skips it without reading.
+                if p.item.fingerprint and k.fingerprint != p.item.fingerprint:
+                    touched[p.item.uri] = p.item.fingerprint
                 self._count_unchanged(1)
                 continue
             kept.append(p)
+        if touched:
+            with timer.time("store"):
+                self.p.store.update_fingerprints(touched)
         self._byte_policies(kept)
         self._load_embeddings(kept)
         todo = [p for p in kept if p.status is ItemStatus.OK and not p.settled and self._needs_decode(p)]

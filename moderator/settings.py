@@ -60,5 +60,13 @@ class Settings(BaseSettings):
     login_lockout_minutes: int = Field(15, ge=1, description="Window (minutes) over which failed logins are counted for the rate limit.")
     thumbnail_size: int = Field(768, ge=64, le=4096, description="Longest side (pixels) of the re-encoded images the review UI serves.")
 
+    queue_name: str = Field("moderator", min_length=1, description="Celery queue that `moderator enqueue` sends batches to and `moderator worker` consumes.")
+    queue_batch_size: int = Field(64, ge=1, le=10_000, description="Item references per queued task (each worker batch); keep one batch well under the task time limit.")
+    visibility_timeout: int = Field(300, ge=10, le=86_400, description="Seconds before Redis hands an unacknowledged batch to another worker (a killed worker's batch is redone after this); task time limits are set to 80% (soft) and 90% (hard) of it.")
+    max_deliveries: int = Field(3, ge=1, le=100, description="Deliveries of a batch that kill its worker before its items are tried one by one; an item that kills the worker this many times is quarantined as an error.")
+    task_max_retries: int = Field(8, ge=0, le=100, description="Retries (exponential backoff, capped at a quarter of visibility_timeout) of a batch after a transient database, S3 or broker error.")
+    worker_metrics_port: int = Field(9808, ge=0, le=65_535, description="Port where `moderator worker` serves Prometheus metrics (/metrics); 0 turns it off.")
+    worker_imports: list[str] = Field(default_factory=list, description="Extra Python modules every worker imports at start (e.g. to register source or scorer plugins not installed as entry points).")
+
     def policy_paths(self) -> list[Path]:
         return list(self.policies)

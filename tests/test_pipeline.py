@@ -123,3 +123,12 @@ def test_hostile_catalogue_is_recorded_and_never_stops_the_scan(
     # and a second pass skips all of them: bad images are not re-read forever
     again = Pipeline(tiny_settings, store).scan_targets([str(folder)])
     assert again.unchanged == len(CATALOGUE) + 1
+
+
+def test_results_from_another_model_are_not_current(tiny_settings: Settings, store: Store, photo_dir: Path) -> None:
+    Pipeline(tiny_settings, store).scan_targets([str(photo_dir)])
+    assert Pipeline(tiny_settings, store).scan_targets([str(photo_dir)]).unchanged == 6
+    # the same policy versions judged by another model (say, after switching weights) are scored again
+    pipeline = Pipeline(tiny_settings, store)
+    pipeline.policy_models = {name: "ViT-B-32/laion2b_s34b_b79k" for name in pipeline.policy_models}
+    assert pipeline.scan_targets([str(photo_dir)]).scanned == 6

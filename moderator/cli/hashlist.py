@@ -29,7 +29,9 @@ def add(
             "look: --list known_bad) or a path to a .txt file. Created if missing.",
         ),
     ],
-    label: Annotated[str, typer.Option("--label", help="Comment written after each hash (default: the file name).")] = "",
+    label: Annotated[
+        str, typer.Option("--label", help="Comment written after each hash (default: the file name).")
+    ] = "",
     policy: PolicyOpt = None,
 ) -> None:
     """Append the sha256 and phash lines of each image to a list; hashes already there are not repeated."""

@@ -54,8 +54,7 @@ def listen(
         console.print("stopping after the current poll...")
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     console.print(f"listening on {sqs}", highlight=False)
     try:
         stats = listen_sqs(
@@ -63,6 +62,9 @@ def listen(
         )
     except Exception as exc:  # bad queue URL, no credentials: one line
         fail(f"cannot listen on {sqs}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     console.print(
         f"received {stats.received} messages: {stats.submitted} objects enqueued, {stats.deleted} marked deleted, "
         f"{stats.dropped} duplicate or stale events dropped, {stats.malformed} malformed",

@@ -52,9 +52,7 @@ def list_queue(
         page = queries.queue(db, filters)
     for row in page.rows:
         score = f"{row.top_score:.3f}" if row.top_score is not None else "-"
-        out.print(
-            f"{row.id}\t{row.decision}\t{score}\t{','.join(row.fired)}\t{row.uri}", highlight=False, soft_wrap=True
-        )
+        typer.echo(f"{row.id}\t{row.decision}\t{score}\t{','.join(row.fired)}\t{row.uri}")
     typer.echo(f"{len(page.rows)} of {page.total} waiting", err=True)
 
 

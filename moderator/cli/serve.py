@@ -14,7 +14,6 @@ def serve(
         str, typer.Option(help="Address to listen on (put a TLS proxy in front for anything public).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Serve the review UI and API (create a first admin with `moderator users add NAME --role admin`)."""
@@ -25,4 +24,4 @@ def serve(
     settings = make_settings(database_url=database_url)
     app = create_app(settings, open_store(settings))
     # proxy_headers: X-Forwarded-Proto from a local TLS proxy makes cookies Secure.
-    uvicorn.run(app, host=host, port=port, workers=workers if workers > 1 else None, proxy_headers=True)
+    uvicorn.run(app, host=host, port=port, proxy_headers=True)

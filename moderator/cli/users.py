@@ -50,7 +50,7 @@ def list_users(database_url: DatabaseOpt = None) -> None:
     with _session(database_url) as db:
         for u in users.list_users(db):
             state = "disabled" if u.disabled else "active"
-            out.print(f"{u.name}\t{u.role}\t{state}\t{u.created_at:%Y-%m-%d}", highlight=False)
+            typer.echo(f"{u.name}\t{u.role}\t{state}\t{u.created_at:%Y-%m-%d}")
 
 
 def _set_disabled(name: str, disabled: bool, database_url: str | None) -> None:
@@ -92,4 +92,4 @@ def token(
         except users.UserError as e:
             fail(str(e))
         db.commit()
-    out.print(value, highlight=False)
+    typer.echo(value)

@@ -96,11 +96,10 @@ def _include_webhook(app: FastAPI) -> None:
     app.include_router(router)
 
 
-def create_app(settings: Settings | None = None, store: Any = None) -> FastAPI:
+def create_app(settings: Settings, store: Any = None) -> FastAPI:
     """The review app on `settings.database_url` (or on an open `store`)."""
     from moderator.store import Store
 
-    settings = settings or Settings()
     store = store or Store(settings.database_url)
     app = FastAPI(
         title="moderator",

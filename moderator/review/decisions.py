@@ -31,8 +31,8 @@ class DecisionIn(BaseModel):
 
     verdict: Verdict
     labels: list[str] = Field(default_factory=list, description='Labels, "policy/class" or a bare class name.')
-    note: str = Field("", max_length=2000)
-    decision: Action | None = Field(None, description="The item's new decision; by default from the verdict.")
+    note: str = Field(default="", max_length=2000)
+    decision: Action | None = Field(default=None, description="The item's new decision; by default from the verdict.")
 
     @field_validator("labels")
     @classmethod

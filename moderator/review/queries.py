@@ -26,17 +26,17 @@ class QueueFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    decision: Action | None = Field(None, description="review or block (both when empty).")
-    policy: str | None = Field(None, description="Only items where this policy fired.")
-    cls: str | None = Field(None, description="Only items where a class of this name fired.")
-    tag: str | None = Field(None, description="Only items carrying this tag.")
-    source: str | None = Field(None, description="Only items whose uri starts with this prefix.")
-    since: datetime | None = Field(None, description="Updated at or after.")
-    until: datetime | None = Field(None, description="Updated before.")
-    min_score: float | None = Field(None, ge=0, le=1, description="Top fired score at least this.")
-    max_score: float | None = Field(None, ge=0, le=1, description="Top fired score at most this.")
-    page: int = Field(1, ge=1)
-    per_page: int = Field(50, ge=1, le=500)
+    decision: Action | None = Field(default=None, description="review or block (both when empty).")
+    policy: str | None = Field(default=None, description="Only items where this policy fired.")
+    cls: str | None = Field(default=None, description="Only items where a class of this name fired.")
+    tag: str | None = Field(default=None, description="Only items carrying this tag.")
+    source: str | None = Field(default=None, description="Only items whose uri starts with this prefix.")
+    since: datetime | None = Field(default=None, description="Updated at or after.")
+    until: datetime | None = Field(default=None, description="Updated before.")
+    min_score: float | None = Field(default=None, ge=0, le=1, description="Top fired score at least this.")
+    max_score: float | None = Field(default=None, ge=0, le=1, description="Top fired score at most this.")
+    page: int = Field(default=1, ge=1)
+    per_page: int = Field(default=50, ge=1, le=500)
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,10 @@ class QueuePage:
 def _json_elements(db: Session, column: Any, *keys: str) -> tuple[Any, list[ColumnElement[Any]]]:
     """A table of the elements of a JSON array column, and accessors for `keys` (or the value)."""
     if db.get_bind().dialect.name == "postgresql":
-        elems = func.jsonb_array_elements(column).table_valued("value").alias()
         if not keys:
-            return elems, [elems.c.value.op("#>>")("{}")]
+            texts = func.jsonb_array_elements_text(column).table_valued("value").alias()
+            return texts, [texts.c.value]
+        elems = func.jsonb_array_elements(column).table_valued("value").alias()
         return elems, [elems.c.value.op("->>")(k) for k in keys]
     elems = func.json_each(column).table_valued("value").alias()
     if not keys:
@@ -188,4 +189,5 @@ def audit(db: Session, page: int, per_page: int = 100) -> list[Review]:
 
 
 def queue_size(db: Session) -> int:
-    return db.scalar(select(func.count()).select_from(_queue_query(db, QueueFilters()).subquery())) or 0
+    count: int | None = db.scalar(select(func.count()).select_from(_queue_query(db, QueueFilters()).subquery()))
+    return count or 0

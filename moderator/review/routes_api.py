@@ -26,7 +26,7 @@ class ScanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     targets: list[str] = Field(min_length=1, max_length=10_000, description="Paths, folders, archives or S3 URIs.")
-    policies: list[str] | None = Field(None, description="Policy names; all configured policies when empty.")
+    policies: list[str] | None = Field(default=None, description="Policy names; all configured policies when empty.")
 
 
 class ScanOut(BaseModel):

@@ -67,30 +67,33 @@ def frame_scores(
     image_emb: np.ndarray, prompts: PromptSet, logit_scale: float, mode: Mode
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per frame and class: score [F, C] in [0, 1] and the best prompt's index [F, C]."""
-    sims = image_emb.astype(np.float64) @ prompts.embeddings.astype(np.float64).T  # [F, P]
-    n_frames, n_classes = sims.shape[0], prompts.n_classes
-    class_sim = np.empty((n_frames, n_classes))
-    best = np.empty((n_frames, n_classes), dtype=np.int64)
-    for c in range(n_classes):
+    # einsum, not @: BLAS picks kernels by batch size, so an item's score would depend on its batch.
+    sims = np.einsum("fd,pd->fp", image_emb.astype(np.float64), prompts.embeddings.astype(np.float64))
+    best = np.empty((sims.shape[0], prompts.n_classes), dtype=np.int64)
+    for c in range(prompts.n_classes):  # a loop over classes, not frames: memory stays [F, P]
         idx = np.flatnonzero(prompts.owner == c)
-        pick = sims[:, idx].argmax(axis=1)  # first best on ties: deterministic
-        best[:, c] = idx[pick]
-        class_sim[:, c] = sims[np.arange(n_frames), idx[pick]]
-    logits = logit_scale * class_sim
+        best[:, c] = idx[sims[:, idx].argmax(axis=1)]  # the first best prompt on ties: deterministic
+    logits = logit_scale * np.take_along_axis(sims, best, axis=1)
     if mode is Mode.EXCLUSIVE:
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True), best
-    negatives = np.flatnonzero(prompts.owner == NEGATIVE)
-    if negatives.size == 0:
+    negatives = prompts.owner == NEGATIVE
+    if not negatives.any():
         raise ValueError("multilabel scoring needs negative prompts")
     neg = logit_scale * sims[:, negatives].max(axis=1, keepdims=True)
     # softmax of [class, negative] = sigmoid(class - negative); stable for either sign.
     return 0.5 * (1.0 + np.tanh(0.5 * (logits - neg))), best
 
 
-def zero_shot_scores(image_emb: np.ndarray, prompts: PromptSet, logit_scale: float, mode: Mode) -> ItemScores:
-    """One item's frames [F, d] -> per-class scores, max over frames, with the prompt and frame behind each."""
+def worst_frame(per_frame: np.ndarray, best: np.ndarray) -> ItemScores:
+    """[F, C] frame scores and best prompts -> the item's: max over frames per class."""
+    frame = per_frame.argmax(axis=0)
+    cols = np.arange(per_frame.shape[1])
+    return ItemScores(scores=per_frame[frame, cols], prompt=best[frame, cols], frame=frame)
+
+
+def check_frames(image_emb: np.ndarray, prompts: PromptSet) -> None:
     if image_emb.ndim != 2 or image_emb.shape[0] == 0:
         raise ValueError(f"expected image embeddings [frames, d], got shape {image_emb.shape}")
     if image_emb.shape[1] != prompts.embeddings.shape[1]:
@@ -98,10 +101,12 @@ def zero_shot_scores(image_emb: np.ndarray, prompts: PromptSet, logit_scale: flo
             f"image embeddings have {image_emb.shape[1]} dimensions, prompts {prompts.embeddings.shape[1]}: "
             "they come from different models"
         )
-    per_frame, best = frame_scores(image_emb, prompts, logit_scale, mode)
-    frame = per_frame.argmax(axis=0)
-    cols = np.arange(prompts.n_classes)
-    return ItemScores(scores=per_frame[frame, cols], prompt=best[frame, cols], frame=frame)
+
+
+def zero_shot_scores(image_emb: np.ndarray, prompts: PromptSet, logit_scale: float, mode: Mode) -> ItemScores:
+    """One item's frames [F, d] -> per-class scores, max over frames, with the prompt and frame behind each."""
+    check_frames(image_emb, prompts)
+    return worst_frame(*frame_scores(image_emb, prompts, logit_scale, mode))
 
 
 def prompt_texts(spec: PolicySpec) -> tuple[list[str], list[int]]:
@@ -143,20 +148,28 @@ class CompiledZeroShot:
     def score(self, batch: ScoringBatch) -> ClassScores:
         if batch.embeddings is None:
             raise ValueError("the clip scorer needs image embeddings in the batch")
+        items = [np.asarray(emb) for emb in batch.embeddings]
+        if not items:
+            return ClassScores(scores=np.zeros((0, len(self.class_names))), evidence=[])
+        for emb in items:
+            check_frames(emb, self.prompts)
+        # Every frame of the batch scored at once, then each item's worst frame.
+        per_frame, best = frame_scores(np.concatenate(items), self.prompts, self.logit_scale, self.mode)
+        ends = np.cumsum([len(emb) for emb in items])
         rows: list[np.ndarray] = []
         evidence: list[list[str]] = []
-        for emb in batch.embeddings:
-            item = zero_shot_scores(np.asarray(emb), self.prompts, self.logit_scale, self.mode)
+        starts = np.concatenate([[0], ends[:-1]])
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            item = worst_frame(per_frame[start:end], best[start:end])
             rows.append(item.scores)
-            many = np.asarray(emb).shape[0] > 1
+            many = end - start > 1
             evidence.append(
                 [
                     f"{self.prompts.prompts[p]} (frame {f})" if many else self.prompts.prompts[p]
                     for p, f in zip(item.prompt.tolist(), item.frame.tolist(), strict=True)
                 ]
             )
-        scores = np.stack(rows) if rows else np.zeros((0, len(self.class_names)))
-        return ClassScores(scores=scores, evidence=evidence)
+        return ClassScores(scores=np.stack(rows), evidence=evidence)
 
 
 class ZeroShotScorer:
@@ -164,7 +177,7 @@ class ZeroShotScorer:
     input = ScorerInput.EMBEDDING
 
     def __init__(self, cache: TextEmbeddingCache | None = None) -> None:
-        self._cache = cache
+        self.cache = cache
 
     def compile(self, spec: PolicySpec, ctx: ScorerContext) -> CompiledZeroShot:
         prompts, owner = prompt_texts(spec)
@@ -172,7 +185,7 @@ class ZeroShotScorer:
             raise ValueError(f"policy {spec.name!r} names scorer {spec.scorer!r}, not {self.name!r}")
         model = ctx.clip()  # raises ScorerUnavailable when there are no weights
         texts = [fill(t, p) for p in prompts for t in spec.templates]  # prompt-major, as ensemble() expects
-        cache = self._cache or default_cache()
+        cache = self.cache or default_cache()
 
         def encode(batch: list[str]) -> np.ndarray:
             chunks = [model.encode_text(batch[i : i + TEXT_BATCH]) for i in range(0, len(batch), TEXT_BATCH)]

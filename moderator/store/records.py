@@ -37,6 +37,8 @@ class KnownItem:
     fingerprint: str | None
     status: ItemStatus
     policy_versions: dict[str, str]  # policy -> version of its stored result
+    # policy -> model that produced it: the same policy on another model is not current
+    policy_models: dict[str, str] = field(default_factory=dict)
 
 
 class ExportFilters(BaseModel):

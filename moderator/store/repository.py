@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,7 @@ from moderator.store.export import iter_export
 from moderator.store.migrate import upgrade
 from moderator.store.records import ExportFilters, ExportRow, ItemRecord, JobInfo, KnownItem, StoreCounts
 from moderator.store.tables import Embedding, Item, Job, JobState, Result, utcnow
-from moderator.types import ItemStatus, PolicyResult
+from moderator.types import Action, ItemStatus, PolicyResult, most_severe
 
 # Keys per IN (...) list: far below every backend's bound-parameter limit.
 CHUNK = 500
@@ -112,7 +112,15 @@ class Store:
         with self.session() as s:
             for chunk in _chunks(dict.fromkeys(uris)):
                 stmt = (
-                    select(Item.uri, Item.sha256, Item.fingerprint, Item.status, Result.policy, Result.policy_version)
+                    select(
+                        Item.uri,
+                        Item.sha256,
+                        Item.fingerprint,
+                        Item.status,
+                        Result.policy,
+                        Result.policy_version,
+                        Result.model_id,
+                    )
                     .outerjoin(Result, Result.item_id == Item.id)
                     .where(Item.uri.in_(chunk))
                 )
@@ -120,13 +128,16 @@ class Store:
                     known = found.setdefault(row.uri, KnownItem(row.sha256, row.fingerprint, row.status, {}))
                     if row.policy is not None:
                         known.policy_versions[row.policy] = row.policy_version
+                        known.policy_models[row.policy] = row.model_id
         return found
 
     def save_items(self, records: Sequence[ItemRecord]) -> None:
         """Upsert items by uri and their results by (item, policy), all in one transaction.
 
-        Results of policies a record does not name are kept. A uri given twice keeps
-        its last record.
+        Results of policies a record does not name are kept while the item's bytes are
+        the same, and dropped when its sha256 changed (they judged other bytes). The
+        item's decision is the most severe action over all its stored results. A uri
+        given twice keeps its last record.
         """
         latest = {r.uri: r for r in records}
         if not latest:
@@ -160,6 +171,8 @@ class Store:
         )
         with self.session() as s:
             conn = s.connection()
+            stored = conn.execute(select(Item.uri, Item.sha256).where(Item.uri.in_(list(latest))))
+            before = {uri: sha for uri, sha in stored}
             ids = {row.uri: row.id for row in conn.execute(upsert_items, item_rows)}
             result_rows = [
                 _result_row(ids[r.uri], result, now)
@@ -168,6 +181,23 @@ class Store:
             ]
             if result_rows:
                 conn.execute(upsert_results, result_rows)
+            for uri, record in latest.items():
+                if uri in before and before[uri] != record.sha256:
+                    kept = [res.policy for res in record.results]
+                    conn.execute(delete(Result).where(Result.item_id == ids[uri], Result.policy.not_in(kept)))
+            self._refresh_decisions(conn, [ids[u] for u, r in latest.items() if r.status is ItemStatus.OK])
+
+    @staticmethod
+    def _refresh_decisions(conn: Any, item_ids: list[int]) -> None:
+        """Item decision = most severe action over all its stored results (not only this scan's)."""
+        if not item_ids:
+            return
+        actions: dict[int, list[Action]] = {i: [] for i in item_ids}
+        for item_id, action in conn.execute(select(Result.item_id, Result.action).where(Result.item_id.in_(item_ids))):
+            actions[item_id].append(Action(action))
+        rows = [{"b_id": i, "b_decision": most_severe(a)} for i, a in actions.items()]
+        stmt = update(_table(Item)).where(_table(Item).c.id == bindparam("b_id")).values(decision=bindparam("b_decision"))
+        conn.execute(stmt, rows)
 
     def mark_deleted(self, uri: str, *, job_id: str | None = None) -> bool:
         """Record that the source object is gone (results are kept); False if the uri is unknown."""
@@ -278,3 +308,46 @@ class Store:
                 by_status={str(status): n for status, n in by_status},
                 by_decision={str(decision): n for decision, n in by_decision},
             )
+
+    # -- added for the scan pipeline (issue 7) -------------------------------------------
+
+    def update_fingerprints(self, mapping: dict[str, str]) -> None:
+        """Set the stored fingerprint of these uris (touched files whose bytes did not change).
+
+        One executemany statement per call; unknown uris are ignored.
+        """
+        if not mapping:
+            return
+        table = _table(Item)
+        stmt = (
+            update(table)
+            .where(table.c.uri == bindparam("b_uri"))
+            .values(fingerprint=bindparam("b_fingerprint"))
+        )
+        with self.session() as s:
+            s.connection().execute(stmt, [{"b_uri": u, "b_fingerprint": f} for u, f in mapping.items()])
+
+    # -- queue workers -----------------------------------------------------------------
+
+    def advance_job(self, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> JobInfo | None:
+        """Add counts and move the state on, in one statement (several workers report at once).
+
+        pending -> running when counts are added; -> done once done + errors + skipped reach a
+        known total. A failed job stays failed. With no counts, only the done check is made (the
+        enqueuer calls it after setting the total, in case the workers finished first).
+        """
+        from sqlalchemy import case
+
+        counted = Job.done + done + Job.errors + errors + Job.skipped + skipped
+        active = Job.state.in_([JobState.PENDING, JobState.RUNNING])
+        started = JobState.RUNNING if done or errors or skipped else JobState.PENDING
+        state = case(
+            (active & Job.total.is_not(None) & (counted >= Job.total), JobState.DONE),
+            (Job.state == JobState.PENDING, started),
+            else_=Job.state,
+        )
+        values = {"done": Job.done + done, "errors": Job.errors + errors, "skipped": Job.skipped + skipped}
+        stmt = update(Job).where(Job.id == job_id).values(**values, state=state, updated_at=utcnow())
+        with self.session() as s:
+            s.execute(stmt.execution_options(synchronize_session=False))
+            return jobs.get_job(s, job_id)

@@ -71,7 +71,7 @@ class FakeClip:
 
 @pytest.fixture(autouse=True)
 def isolated_text_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(zero_shot.scorer, "_cache", TextEmbeddingCache(tmp_path / "text-cache"))
+    monkeypatch.setattr(zero_shot.scorer, "cache", TextEmbeddingCache(tmp_path / "text-cache"))
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ from .helpers import PASSWORDS, Seeded, seed
 @pytest.fixture
 def seeded(tmp_path: Path) -> Seeded:
     url = f"sqlite:///{tmp_path / 'review.db'}"
-    settings = Settings(database_url=url, login_max_failures=3, metrics_token="metrics-secret")
+    settings = Settings.model_validate(
+        {"database_url": url, "login_max_failures": 3, "metrics_token": "metrics-secret"}
+    )
     store = Store(url)
     uris = seed(store, tmp_path / "images")
     with Session(store.engine) as db:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
-from httpx import Response
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ class Seeded:
     uris: dict[str, str]  # short name -> uri
 
 
-def _result(policy: str, scores: dict[str, float], fired: list[tuple[str, Action, float]]) -> PolicyResult:
+def make_result(policy: str, scores: dict[str, float], fired: list[tuple[str, Action, float]]) -> PolicyResult:
     fc = tuple(FiredClass(name=n, action=a, score=s, threshold=0.3, evidence=f"a photo of {n}") for n, a, s in fired)
     action = max((a for _, a, _ in fired), key=lambda a: a.severity, default=Action.ALLOW)
     return PolicyResult(
@@ -49,30 +49,30 @@ def seed(store: Store, folder: Path) -> dict[str, str]:
             "blocked.png",
             (200, 30, 30),
             Action.BLOCK,
-            [_result("nsfw", {"neutral": 0.05, "explicit": 0.91}, [("explicit", Action.BLOCK, 0.91)])],
+            [make_result("nsfw", {"neutral": 0.05, "explicit": 0.91}, [("explicit", Action.BLOCK, 0.91)])],
         ),
         "suggestive": (
             "suggestive.png",
             (30, 200, 30),
             Action.REVIEW,
-            [_result("nsfw", {"neutral": 0.4, "suggestive": 0.55}, [("suggestive", Action.REVIEW, 0.55)])],
+            [make_result("nsfw", {"neutral": 0.4, "suggestive": 0.55}, [("suggestive", Action.REVIEW, 0.55)])],
         ),
         "gore": (
             "gore.png",
             (30, 30, 200),
             Action.REVIEW,
             [
-                _result("violence", {"calm": 0.6, "gore": 0.4}, [("gore", Action.REVIEW, 0.4)]),
-                _result("tags", {"outdoor": 0.8}, [("outdoor", Action.TAG, 0.8)]),
+                make_result("violence", {"calm": 0.6, "gore": 0.4}, [("gore", Action.REVIEW, 0.4)]),
+                make_result("tags", {"outdoor": 0.8}, [("outdoor", Action.TAG, 0.8)]),
             ],
         ),
         "hostile": (
             HOSTILE,
             (120, 120, 120),
             Action.REVIEW,
-            [_result("nsfw", {"neutral": 0.5, "suggestive": 0.35}, [("suggestive", Action.REVIEW, 0.35)])],
+            [make_result("nsfw", {"neutral": 0.5, "suggestive": 0.35}, [("suggestive", Action.REVIEW, 0.35)])],
         ),
-        "allowed": ("allowed.png", (250, 250, 250), Action.ALLOW, [_result("nsfw", {"neutral": 0.99}, [])]),
+        "allowed": ("allowed.png", (250, 250, 250), Action.ALLOW, [make_result("nsfw", {"neutral": 0.99}, [])]),
     }
     uris: dict[str, str] = {}
     records = []
@@ -121,7 +121,7 @@ def item_id(store: Store, uri: str) -> int:
     return found
 
 
-def post_login(client: TestClient, name: str, password: str) -> Response:
+def post_login(client: TestClient, name: str, password: str) -> Any:
     """One login form submission, with the login CSRF cookie the last form set."""
     if "moderator_login_csrf" not in client.cookies:
         client.get("/login")

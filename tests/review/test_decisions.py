@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from moderator.store.review_tables import Review, ReviewLabel
 
-from .helpers import Seeded, item_id, login
+from .helpers import Seeded, item_id, login, make_result
 
 
 def _queue_uris(client: TestClient, **params: str) -> list[str]:
@@ -138,7 +138,15 @@ def test_rescanned_content_comes_back_to_the_queue(client: TestClient, seeded: S
         "/decisions", data={"item_ids": str(item_id(seeded.store, uri)), "verdict": "dismiss", "csrf_token": csrf}
     )
     assert uri not in _queue_uris(client)
-    seeded.store.save_items(
-        [ItemRecord(uri=uri, sha256="f" * 64, size=1, fingerprint=None, status=ItemStatus.OK, decision=Action.REVIEW)]
+    result = make_result("violence", {"calm": 0.5, "gore": 0.5}, [("gore", Action.REVIEW, 0.5)])
+    record = ItemRecord(
+        uri=uri,
+        sha256="f" * 64,
+        size=1,
+        fingerprint=None,
+        status=ItemStatus.OK,
+        decision=Action.REVIEW,
+        results=[result],
     )
+    seeded.store.save_items([record])
     assert uri in _queue_uris(client)

@@ -177,3 +177,28 @@ def test_shipped_list_and_policies_compile() -> None:
         loaded = load_policy(SHIPPED_POLICIES / f"{name}.yaml")
         compiled = compile_policy(loaded, _ctx(SHIPPED_POLICIES))
         assert isinstance(compiled, CompiledPolicy) and compiled.scorer.input is kind
+
+
+def test_scan_blocks_a_listed_file_without_decoding_it(tmp_path: Path) -> None:
+    from moderator.pipeline import Pipeline
+    from moderator.policy.load import load_policies
+    from moderator.settings import SHIPPED_POLICIES
+    from moderator.store import Store
+
+    garbage = b"listed bytes that no decoder accepts"
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "listed.jpg").write_bytes(garbage)
+    (images / "photo.jpg").write_bytes(_encode(_sample("coffee"), "JPEG"))
+    policies = tmp_path / "policies"
+    (policies / "lists").mkdir(parents=True)
+    for name in ("known_bad.yaml", "known_bad_similar.yaml"):
+        (policies / name).write_text((SHIPPED_POLICIES / name).read_text())
+    (policies / "lists" / "known_bad.txt").write_text(f"sha256:{hashlib.sha256(garbage).hexdigest()}  # case 1\n")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}", policies=[policies])
+
+    pipeline = Pipeline(settings, Store(settings.database_url), load_policies([policies]))
+    summary = pipeline.scan_targets([str(images)])
+
+    # decoding the listed file would have recorded a decode error: it was blocked on its bytes alone
+    assert (summary.errors, dict(summary.decisions)) == (0, {"block": 1, "allow": 1})

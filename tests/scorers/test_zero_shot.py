@@ -21,6 +21,7 @@ from moderator.scorers.zero_shot import (
     PromptSet,
     ZeroShotScorer,
     ensemble,
+    frame_scores,
     zero_shot_scores,
 )
 from moderator.settings import Settings
@@ -85,16 +86,6 @@ def test_frames_keep_the_worst_per_class() -> None:
     item = zero_shot_scores(frames, PROMPTS, L, Mode.EXCLUSIVE)
     assert item.scores == pytest.approx([sigmoid(L), sigmoid(L)])
     assert item.frame.tolist() == [0, 1]
-
-
-def test_scores_are_deterministic_and_independent_of_batch_order() -> None:
-    rng = np.random.default_rng(0)
-    items = [rng.normal(size=(n, D)) for n in (1, 3, 2)]
-    items = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in items]
-    first = [zero_shot_scores(x, PROMPTS, 100.0, Mode.MULTILABEL).scores for x in items]
-    again = [zero_shot_scores(x, PROMPTS, 100.0, Mode.MULTILABEL).scores for x in reversed(items)][::-1]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    assert all(((s >= 0) & (s <= 1)).all() for s in first)
 
 
 def test_wrong_dimension_is_refused() -> None:
@@ -216,3 +207,32 @@ def test_memory_cache_returns_frozen_copies(tmp_path: Path) -> None:
     assert np.array_equal(
         TextEmbeddingCache(tmp_path).get("k", "m", ["y", "x"], lambda t: encoded[::-1]), encoded[::-1]
     )
+
+
+def test_an_items_scores_do_not_depend_on_its_batch(tmp_path: Path) -> None:
+    compiled = compile_with(FakeClip(VECTORS), tmp_path)
+    rng = np.random.default_rng(0)
+    items = [rng.normal(size=(n, D)).astype(np.float32) for n in (1, 3, 2, *([1] * 60))]
+    items = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in items]
+    together = compiled.score(ScoringBatch(sha256=["x"] * len(items), embeddings=items))
+    for i in (0, 1, 2, 40):
+        alone = compiled.score(ScoringBatch(sha256=["x"], embeddings=[items[i]]))
+        assert np.array_equal(alone.scores[0], together.scores[i])  # bit for bit: thresholds compare exactly
+        assert alone.evidence[0] == together.evidence[i]
+    assert ((together.scores >= 0) & (together.scores <= 1)).all()
+
+
+def test_frame_scores_are_bit_identical_whatever_the_batch_size() -> None:
+    # CLIP-sized vectors: this is where BLAS would switch kernels with the number of rows.
+    rng = np.random.default_rng(1)
+    prompts = rng.normal(size=(110, 512))
+    owner = np.arange(110) % 50  # 50 classes, then 10 negatives
+    owner[100:] = NEGATIVE
+    prompt_set = PromptSet(
+        prompts / np.linalg.norm(prompts, axis=1, keepdims=True), owner, tuple(map(str, range(110))), 50
+    )
+    frames = rng.normal(size=(300, 512)).astype(np.float32)
+    for mode in Mode:
+        together, _ = frame_scores(frames, prompt_set, 100.0, mode)
+        alone = np.concatenate([frame_scores(frames[i : i + 1], prompt_set, 100.0, mode)[0] for i in range(300)])
+        assert np.array_equal(together, alone), mode

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import types
 import uuid
 from typing import Any
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from moderator.cli.listen import listen as listen_command
 from moderator.settings import Settings
 from moderator.sources import listen as listen_module
+from moderator.sources.event_handler import QueueUnavailable, queue_submit
 from moderator.sources.listen import listen_sqs
 from moderator.store import ItemRecord, Store
 from moderator.types import ItemStatus
@@ -173,3 +179,29 @@ def test_stop_ends_the_loop(sqs: Any, queue_url: str, settings: Settings, store:
     stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive() and result[0].received == 0
+
+
+def test_queue_submit_says_so_when_the_queue_is_missing(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "moderator.queue", None)  # import fails as if not installed
+    with pytest.raises(QueueUnavailable, match="job queue is not available"):
+        queue_submit(settings)
+
+
+def test_the_listen_command_enqueues_through_moderator_queue(
+    sqs: Any, queue_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[list[str], Settings]] = []
+    fake_queue = types.ModuleType("moderator.queue")
+    fake_queue.enqueue_targets = lambda targets, s, policies=None: calls.append((targets, s)) or "job-7"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "moderator.queue", fake_queue)
+    send(sqs, queue_url, body(record("in/new.png")), "garbage")
+    app = typer.Typer()
+    app.command()(listen_command)
+    result = CliRunner().invoke(
+        app,
+        ["--sqs", queue_url, "--database-url", settings.database_url, "--max-messages", "2", "--wait-seconds", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert [targets for targets, _ in calls] == [["s3://uploads/in/new.png"]]
+    assert calls[0][1].database_url == settings.database_url
+    assert "1 objects enqueued" in result.output and "1 malformed" in result.output

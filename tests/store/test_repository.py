@@ -282,3 +282,25 @@ def test_counts_by_status_and_decision(store: Store) -> None:
     assert (counts["items"], counts["results"], counts["embeddings"], counts["jobs"]) == (4, 4, 1, 0)
     assert counts["by_status"] == {"ok": 3, "error": 1}
     assert counts["by_decision"] == {"allow": 1, "tag": 1, "block": 1}
+
+
+def test_item_decision_is_the_most_severe_over_all_stored_results(store: Store) -> None:
+    store.save_items([record("/d.jpg", result("nsfw", fired=(NUDE,)), result("tags", fired=(CAT,)))])
+    # a later scan with only the tags policy must not downgrade the stored block
+    store.save_items([record("/d.jpg", result("tags", "t2", fired=(CAT,)))])
+    (row,) = store.iter_export(ExportFilters())
+    assert row.decision == Action.BLOCK
+
+
+def test_new_bytes_at_the_same_uri_drop_results_that_judged_the_old_bytes(store: Store) -> None:
+    store.save_items([record("/e.jpg", result("nsfw", fired=(NUDE,)), result("tags", fired=(CAT,)))])
+    store.save_items([record("/e.jpg", result("tags", fired=(CAT,)), sha256=sha("new bytes"))])
+    (row,) = store.iter_export(ExportFilters())
+    assert set(row.policy_versions) == {"tags"}
+    assert row.decision == Action.TAG
+
+
+def test_known_items_say_which_model_produced_each_result(store: Store) -> None:
+    store.save_items([record("/m.jpg", result("nsfw"))])
+    known = store.known_items(["/m.jpg"])["/m.jpg"]
+    assert known.policy_models == {"nsfw": "ViT-B-32/test"}
