@@ -11,6 +11,7 @@ while the model works on batch k (stages.prefetch). Every stage is timed.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from moderator.policy.load import LoadedPolicy, load_policies
 from moderator.prepare import PreparedItem, Preparer
 from moderator.scorers import ScorerContext, ScorerInput, ScoringBatch
 from moderator.settings import Settings
-from moderator.stages import StageTimer, chunked, prefetch
+from moderator.stages import StageTimer, chunked, prefetch, same, timed
 from moderator.store import ItemRecord, Store
 from moderator.types import Action, ItemStatus, PolicyResult, PolicySkipped, SourceItem
 
@@ -46,6 +47,7 @@ class ScanSummary:
     random_weights: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False  # stopped early (Ctrl-C): what is counted here is stored
 
     @property
     def total(self) -> int:
@@ -65,6 +67,7 @@ class ScanSummary:
             "random_weights": self.random_weights,
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "interrupted": self.interrupted,
         }
 
 
@@ -114,15 +117,24 @@ class Pipeline:
         job_id: str | None = None,
         progress: Progress | None = None,
         force: bool = False,
+        stop: threading.Event | None = None,
     ) -> ScanSummary:
+        """Score and store `items` batch by batch.
+
+        Three stages run at once: the reader (a thread pulling batches from the source:
+        listing, archive streams), the mapper (a thread preparing the next batch: bytes,
+        hashes, skip-unchanged, decode and preprocess in the pool) and this thread (model,
+        scoring, one store transaction per batch). `stop` set (Ctrl-C) ends the scan
+        after the batch in hand is stored; the summary says `interrupted`.
+        """
         summary = ScanSummary(
             policies_run=sorted(self.versions), policies_not_run=list(self.not_run), random_weights=self.random_weights
         )
         start = time.perf_counter()
-        workers = self.settings.decode_workers or max(2, 2 * (os.cpu_count() or 1))
-        with ThreadPoolExecutor(workers, thread_name_prefix="moderator-decode") as pool:
+        with ThreadPoolExecutor(self.decode_workers(), thread_name_prefix="moderator-decode") as pool:
             preparer = Preparer(self, pool, force=force)
-            batches = prefetch(chunked(items, self.settings.batch_size), preparer.prepare)
+            reader = prefetch(timed(chunked(items, self.settings.batch_size), self.timer, "source"), same)
+            batches = prefetch(reader, preparer.prepare)
             try:
                 for batch in batches:
                     self._embed(batch)
@@ -130,12 +142,19 @@ class Pipeline:
                     self._store(batch, job_id, summary)
                     if progress:
                         progress(len(batch) + preparer.take_unchanged())
+                    if stop is not None and stop.is_set():
+                        summary.interrupted = True
+                        break
             finally:
                 batches.close()
         summary.unchanged = preparer.unchanged_total
         summary.seconds = time.perf_counter() - start
         summary.stage_seconds = self.timer.snapshot()
         return summary
+
+    def decode_workers(self) -> int:
+        """Decode threads: as many as cores (measured: more only fight the model's own threads)."""
+        return self.settings.decode_workers or max(2, os.cpu_count() or 1)
 
     def _embed(self, batch: list[PreparedItem]) -> None:
         todo = [p for p in batch if p.pixels is not None and p.embedding is None]
@@ -217,3 +236,4 @@ class Pipeline:
             else:
                 summary.errors += 1
                 summary.errors_by_reason[p.reason or "error"] += 1
+

@@ -45,15 +45,49 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+def timed(items: Iterable[T], timer: StageTimer, stage: str) -> Iterator[T]:
+    """`items`, with the time spent producing each one added to `stage`."""
+    it = iter(items)
+    try:
+        while True:
+            with timer.time(stage):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        close = getattr(it, "close", None)
+        if callable(close):
+            close()
+
+
+def same(item: T) -> T:
+    return item
+
+
 _DONE = object()
+
+
+def _put(out: queue.Queue[object], stop: threading.Event, value: object) -> bool:
+    """Put unless stopped first (a consumer that went away must not leave the producer blocked)."""
+    while not stop.is_set():
+        try:
+            out.put(value, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def prefetch(items: Iterable[T], fn: Callable[[T], U], depth: int = 2) -> Iterator[U]:
     """fn(item) for each item, computed in a background thread up to `depth` ahead.
 
     This is what overlaps reading and decoding batch k+1 with inference on batch k.
-    Exceptions in the background surface in the consumer; closing the generator
-    (Ctrl-C, break) stops the background thread after its current item.
+    Exceptions in the background surface in the consumer. Closing the generator
+    (Ctrl-C, break) stops the background thread after its current item and waits
+    for it, so nothing runs on after the scan returns; the thread closes `items`
+    (itself a generator, maybe another prefetch) from its own side.
     """
     out: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -61,19 +95,15 @@ def prefetch(items: Iterable[T], fn: Callable[[T], U], depth: int = 2) -> Iterat
     def produce() -> None:
         try:
             for item in items:
-                if stop.is_set():
+                if stop.is_set() or not _put(out, stop, fn(item)):
                     return
-                result = fn(item)
-                while not stop.is_set():
-                    try:
-                        out.put(result, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            _put(out, stop, _DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            out.put(exc)
-            return
-        out.put(_DONE)
+            _put(out, stop, exc)
+        finally:
+            close = getattr(items, "close", None)
+            if callable(close):
+                close()
 
     thread = threading.Thread(target=produce, name="moderator-prefetch", daemon=True)
     thread.start()
@@ -87,3 +117,4 @@ def prefetch(items: Iterable[T], fn: Callable[[T], U], depth: int = 2) -> Iterat
             yield got  # type: ignore[misc]
     finally:
         stop.set()
+        thread.join()

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+
+# Text-embedding caches and default data paths go to a throwaway folder, never ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="moderator-test-cache-")
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="moderator-test-data-")
 import random
 from collections.abc import Iterator
 from pathlib import Path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from moderator.cli import export, policy, scan
+from moderator.cli import enqueue, export, hashlist, jobs, listen, policy, review, scan, serve, users, worker
 
 app = typer.Typer(
     name="moderator",
@@ -13,9 +13,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# In-process scanning and results
 app.command("scan")(scan.scan)
 app.command("export")(export.export)
 app.add_typer(policy.app, name="policy")
+app.add_typer(hashlist.app, name="hashlist")
+# Queue and workers
+app.command("enqueue")(enqueue.enqueue)
+app.command("worker")(worker.worker)
+app.command("jobs")(jobs.jobs)
+app.command("listen")(listen.listen)
+# People
+app.command("serve")(serve.serve)
+app.add_typer(review.app, name="review")
+app.add_typer(users.app, name="users")
 
 
 def main() -> None:

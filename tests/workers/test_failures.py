@@ -1,0 +1,68 @@
+"""Workers that die or lose their database: nothing is lost, nothing is counted twice.
+
+Each test starts its own workers (short visibility timeout) on a private redis-server; the
+`testsrc://` plugin (tests/workers/testsource.py) slows reads so a test can act mid-job, and
+ends the process on files named *poison*.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from moderator.queue import enqueue_targets
+from moderator.store import ExportFilters, JobState, Store
+from moderator.types import ItemStatus
+from tests.workers.conftest import Worker, make_settings, settings_env, wait_job, write_images
+from tests.workers.testsource import SCHEME
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def statuses(store: Store) -> dict[str, tuple[str, str | None]]:
+    return {Path(r.uri).name: (str(r.status), r.error) for r in store.iter_export(ExportFilters())}
+
+
+def test_sigkilled_worker_loses_nothing_and_counts_nothing_twice(
+    redis_url: str, tmp_path: Path, start_worker: Callable[..., Worker]
+) -> None:
+    settings = make_settings(tmp_path, redis_url, visibility_timeout=10)
+    write_images(tmp_path / "photos", 16)
+    store = Store(settings.database_url)
+    env = settings_env(settings, TESTSRC_READ_DELAY="0.25")
+    first = start_worker(env, "--pool=solo")
+    job_id = enqueue_targets([SCHEME + str(tmp_path / "photos")], settings)
+    wait_job(store, job_id, 90, until=lambda j: j.done >= 4, workers=[first])
+    first.kill()  # SIGKILL to the whole process group, mid-job
+    killed_at = time.monotonic()
+    assert (store.get_job(job_id) or pytest.fail()).done < 16
+
+    second = start_worker(env, "--pool=solo")
+    job = wait_job(store, job_id, 90, workers=[second])
+    assert (job.state, job.total, job.done, job.errors) == (JobState.DONE, 16, 16, 0)
+    rows = statuses(store)
+    assert len(rows) == 16 and {s for s, _ in rows.values()} == {ItemStatus.OK.value}
+    assert time.monotonic() - killed_at < 75  # redelivered after the 10 s visibility timeout, not an hour
+    handled = sum(int(line["scanned"]) + int(line["unchanged"]) for w in (first, second) for line in w.batch_lines())
+    assert handled >= 16
+
+
+def test_poison_item_is_quarantined_and_the_rest_of_its_batch_is_scored(
+    redis_url: str, tmp_path: Path, start_worker: Callable[..., Worker]
+) -> None:
+    settings = make_settings(tmp_path, redis_url, queue_batch_size=4, max_deliveries=3)
+    folder = tmp_path / "photos"
+    write_images(folder, 4, names=lambda i: "b_poison.jpg" if i == 1 else f"img{i}.jpg")
+    store = Store(settings.database_url)
+    worker = start_worker(settings_env(settings), "--pool=prefork", "--concurrency=1")
+    job_id = enqueue_targets([SCHEME + str(folder)], settings)
+
+    job = wait_job(store, job_id, 150, workers=[worker])
+    assert (job.state, job.total, job.done, job.errors) == (JobState.DONE, 4, 3, 1)
+    rows = statuses(store)
+    assert rows.pop("b_poison.jpg") == ("error", "quarantined: worker died 3 times on this item")
+    assert sorted(rows) == ["img0.jpg", "img2.jpg", "img3.jpg"] and {s for s, _ in rows.values()} == {"ok"}
+    assert worker.proc.poll() is None  # the pool replaced its dead children; the worker lives on
