@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from moderator import sources
-from moderator.decide import item_decision
-from moderator.models.clip import get_clip_model, model_id_for
+from moderator.decide import apply_second_opinions, item_decision, second_opinion_rules
+from moderator.models import load_clip, model_id_for
 from moderator.policy.compile import CompiledPolicy, compile_policy
 from moderator.policy.load import LoadedPolicy, load_policies
 from moderator.prepare import PreparedItem, Preparer
@@ -78,7 +78,7 @@ class Pipeline:
         self.settings = settings
         self.store = store
         loaded = policies if policies is not None else load_policies(settings.policy_paths())
-        ctx = ScorerContext(settings=settings, clip=partial(get_clip_model, settings))
+        ctx = ScorerContext(settings=settings, clip=partial(load_clip, settings))
         self.policies: list[CompiledPolicy] = []
         self.not_run: list[PolicySkipped] = []
         for policy in loaded:
@@ -95,7 +95,8 @@ class Pipeline:
         self.versions = {p.loaded.spec.name: p.loaded.version for p in self.policies}
         self.policy_models = {p.loaded.spec.name: p.scorer.model_id for p in self.policies}
         self.model_id = model_id_for(settings)
-        self.clip = get_clip_model(settings) if self.needs_embeddings else None
+        self.second_opinion_rules = second_opinion_rules(p.loaded.spec for p in self.policies)
+        self.clip = load_clip(settings) if self.needs_embeddings else None
         self.timer = StageTimer()
 
     @property
@@ -206,7 +207,7 @@ class Pipeline:
                 p.decision = item_decision(p.results)
 
     def _second_opinions(self, results: list[PolicyResult]) -> list[PolicyResult]:
-        return results
+        return apply_second_opinions(results, self.second_opinion_rules)
 
     def _store(self, batch: list[PreparedItem], job_id: str | None, summary: ScanSummary) -> None:
         records = [

@@ -71,11 +71,11 @@ class Preparer:
 
     def _is_current(self, known: KnownItem | None) -> bool:
         """Already stored with every active policy's current version (or a recorded bad-image error)."""
-        if self.force or known is None:
-            return False
+        if self.force or known is None or known.status is ItemStatus.DELETED:
+            return False  # a deleted object seen again was re-uploaded: score it anew
         if known.status is ItemStatus.SKIPPED:
             return True  # refused by a source rule (archive member): same fingerprint, same refusal
-        if known.status in (ItemStatus.ERROR, ItemStatus.SKIPPED):
+        if known.status is ItemStatus.ERROR:
             return known.sha256 is not None  # bytes were read: the error is about the image, not the fetch
         return all(
             known.policy_versions.get(name) == v and known.policy_models.get(name) == self.p.policy_models[name]

@@ -94,6 +94,9 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     from moderator import metrics
 
     metrics.prepare()
+    # Imports only (no model, no CUDA): forked pool processes start warm, also after a crash.
+    import moderator.pipeline  # noqa: F401
+
     port = metrics.serve(Settings())
     if port:
         log.info("metrics on http://0.0.0.0:%d/metrics", port)

@@ -1,4 +1,4 @@
-"""`moderator policy ...`: validate policy files."""
+"""`moderator policy ...`: validate, test and diff policy files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from moderator.cli import policy_tools
 from moderator.cli.common import console, out
 
 app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
+app.command("diff")(policy_tools.diff)
+app.command("test")(policy_tools.test)
 
 
 @app.command("validate")

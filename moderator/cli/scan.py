@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
-
-from moderator.types import PolicySkipped
 
 from moderator.cli.common import (
     BatchOpt,
@@ -25,6 +35,8 @@ from moderator.cli.common import (
     open_store,
     out,
 )
+from moderator.settings import Settings
+from moderator.types import PolicySkipped
 
 
 def scan(
@@ -35,15 +47,31 @@ def scan(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Re-score items even when stored results are current.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32, fp16 (CUDA) or int8 (CPU, dynamic quantisation) [env: MODERATOR_PRECISION]."),
+    ] = None,
+    decode_workers: Annotated[
+        int | None, typer.Option(help="Decoding threads; 0 picks from the CPU count [env: MODERATOR_DECODE_WORKERS].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-score items even when stored results are current.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no table; only the one-line summary.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Scan images against the policies and store tags, flags and decisions.
 
-    Unchanged items already stored with the current policy versions are skipped.
-    Bad files are recorded as errors and the scan goes on; the exit code is non-zero
-    only when the scan itself cannot run.
+    PATH may be a folder, a file, a zip or tar archive (plain, .gz, .bz2, .xz; members
+    are read in-stream, never extracted, and stored as ARCHIVE#member) or a source URI.
+    Unchanged items already stored with the current policy versions are skipped, so an
+    interrupted scan run again finishes the rest. Ctrl-C stops after the batch in hand
+    is stored (exit code 130). Bad files are recorded as errors and the scan goes on;
+    the exit code is otherwise non-zero only when the scan itself cannot run.
     """
     from moderator import sources
     from moderator.pipeline import Pipeline
@@ -52,7 +80,7 @@ def scan(
 
     settings = make_settings(
         policies=policy, database_url=database_url, model=model, pretrained=pretrained, device=device,
-        batch_size=batch_size,
+        batch_size=batch_size, precision=precision, decode_workers=decode_workers,
     )
     for p in paths:
         try:
@@ -78,26 +106,21 @@ def scan(
         console.print("[yellow]warning:[/yellow] CLIP has random weights (pretrained=none): its scores mean nothing.")
 
     show = not quiet and not as_json and console.is_terminal
-    with Progress(
-        SpinnerColumn(), TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(),
-        console=console, disable=not show, transient=True,
-    ) as bar:
-        task = bar.add_task("scan", total=None, rate=0.0)
+    stop = threading.Event()
+    with _progress_bar(show) as (bar, task), _stop_on_signals(stop):
+        if show:
+            _count_in_background(paths, settings, lambda n: bar.update(task, total=n))
 
         def advance(n: int) -> None:
             bar.advance(task, n)
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, rate=bar.tasks[0].completed / elapsed)
 
-        previous = signal.getsignal(signal.SIGINT)
         try:
-            summary = pipeline.scan_targets(paths, progress=advance)
-        except KeyboardInterrupt:
-            console.print("interrupted: what was scanned is stored; run the same command again to finish.")
+            summary = pipeline.scan_targets(paths, progress=advance, stop=stop)
+        except KeyboardInterrupt:  # the second Ctrl-C: stop now; stored batches stay stored
+            console.print("aborted: what was stored stays stored; run the same command again to finish.")
             raise typer.Exit(130) from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
     if as_json:
         out.print_json(json.dumps(summary.as_dict()))
     elif not quiet:
@@ -109,6 +132,65 @@ def scan(
             f"skipped {summary.skipped}; decisions: {decisions} ({summary.seconds:.1f} s)",
             highlight=False,
         )
+    if summary.interrupted:
+        console.print("interrupted: what was scanned is stored; run the same command again to finish.")
+        raise typer.Exit(130)
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[tuple[Progress, TaskID]]:
+    with Progress(
+        SpinnerColumn(), TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, disable=not show, transient=True,
+    ) as bar:
+        yield bar, bar.add_task("scan", total=None, rate=0.0)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) once: finish and store the batch in hand, then stop. Twice: stop now."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("stopping after the current batch (Ctrl-C again to abort)...")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def count_targets(paths: list[str], settings: Settings) -> int | None:
+    """Items the scan will see, where every source can count cheaply (folders, zip, plain tar); else None."""
+    from moderator import sources
+
+    total = 0
+    for path in paths:
+        counter = getattr(sources.resolve(path), "count", None)
+        n = counter(path, settings) if counter else None
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _count_in_background(paths: list[str], settings: Settings, done: Callable[[int], None]) -> None:
+    """The bar starts at once; its total (and so the ETA) appears when the count is in."""
+
+    def run() -> None:
+        try:
+            n = count_targets(paths, settings)
+        except Exception:  # a total is a nicety: the scan reports real problems itself
+            return
+        if n is not None:
+            done(n)
+
+    threading.Thread(target=run, name="moderator-count", daemon=True).start()
 
 
 def not_run_by_reason(skipped: list[PolicySkipped]) -> dict[str, list[str]]:

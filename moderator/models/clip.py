@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from moderator.scorers import ScorerUnavailable
+from moderator.models import model_id_for
 from moderator.settings import Device, Precision, Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -91,14 +92,6 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
     features = features.float()
     features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return features.cpu().numpy().astype(np.float32)
-
-
-def model_id_for(settings: Settings) -> str:
-    """The identity stored beside embeddings: name and weights (a checkpoint by file name)."""
-    weights = settings.pretrained
-    if os.path.sep in weights or weights.endswith((".bin", ".pt", ".pth", ".safetensors")):
-        weights = "file:" + Path(weights).name
-    return f"{settings.model}/{weights}"
 
 
 _cache: dict[tuple[str, ...], ClipModel] = {}

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import moderator.store.review_tables  # noqa: F401  (the review tables join Base.metadata)
-from moderator.review import auth, routes_admin, routes_api, routes_auth, routes_meta, routes_pages
+from moderator.review import auth, routes_admin, routes_api, routes_auth, routes_meta, routes_pages, search_routes
 from moderator.review.templates import HERE, render
 from moderator.settings import Settings
 
@@ -115,7 +115,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     app.add_exception_handler(auth.NotAuthenticated, _not_authenticated)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api):
+    for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api, search_routes):
         app.include_router(module.router)
     _include_webhook(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

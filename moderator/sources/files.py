@@ -51,6 +51,10 @@ class FileSource:
                     continue
                 yield file_item(path)
 
+    def count(self, target: str, settings: Settings) -> int | None:
+        """How many items iter_items will yield: a progress bar's total."""
+        return sum(1 for _ in self.iter_items(target, settings))
+
     def read(self, uri: str, settings: Settings) -> bytes:
         return _read(uri)
 

@@ -51,10 +51,14 @@ class EmbeddingMatrix:
 
 
 def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
-    """One query for every embedding of `model_id`, sorted by sha256."""
+    """One query for the embeddings of `model_id` of scored items (status ok), sorted by sha256.
+
+    Embeddings no scored item refers to (an eval set's images, deleted items) are left out.
+    """
+    scored = select(Item.sha256).where(Item.status == ItemStatus.OK, Item.sha256.is_not(None))
     stmt = (
         select(Embedding.sha256, Embedding.frames, Embedding.dim, Embedding.vector)
-        .where(Embedding.model_id == model_id)
+        .where(Embedding.model_id == model_id, Embedding.sha256.in_(scored))
         .order_by(Embedding.sha256)
     )
     with store.session() as s:

@@ -192,7 +192,12 @@ def test_the_listen_command_enqueues_through_moderator_queue(
 ) -> None:
     calls: list[tuple[list[str], Settings]] = []
     fake_queue = types.ModuleType("moderator.queue")
-    fake_queue.enqueue_targets = lambda targets, s, policies=None: calls.append((targets, s)) or "job-7"  # type: ignore[attr-defined]
+
+    def enqueue_targets(targets: list[str], s: Settings, policies: list[str] | None = None) -> str:
+        calls.append((targets, s))
+        return "job-7"
+
+    fake_queue.enqueue_targets = enqueue_targets  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "moderator.queue", fake_queue)
     send(sqs, queue_url, body(record("in/new.png")), "garbage")
     app = typer.Typer()

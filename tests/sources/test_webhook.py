@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +115,26 @@ def test_a_malformed_body_is_a_400_and_a_test_event_is_acknowledged(client: Test
     ok = client.post("/hooks/s3", json=test_event, headers=auth())
     assert ok.status_code == 200 and ok.json()["submitted"] == 0
     assert submitted == []
+
+
+def test_the_router_builds_its_store_and_queue_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    fake_queue = types.ModuleType("moderator.queue")
+
+    def enqueue_targets(targets: list[str], settings: Settings, policies: list[str] | None = None) -> str:
+        calls.append(targets)
+        return "job-9"
+
+    fake_queue.enqueue_targets = enqueue_targets  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "moderator.queue", fake_queue)
+    monkeypatch.setenv("MODERATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("MODERATOR_WEBHOOK_SECRET", SECRET)
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as c:
+        response = c.post("/hooks/s3", content=minio_body("env.png"), headers=auth())
+    assert response.status_code == 200, response.text
+    assert response.json()["job_id"] == "job-9"
+    assert calls == [["s3://uploads/env.png"]]

@@ -192,3 +192,12 @@ def write_images(folder: Path, n: int, seed: int = 0, names: Callable[[int], str
         path.write_bytes(jpeg_bytes(seed + i))
         paths.append(path)
     return paths
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own on 127.0.0.1:5432/test, dropped afterwards."""
+    from tests.store.conftest import _pg_schema, _pg_user
+
+    with _pg_schema(_pg_user()) as url:
+        yield url

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from moderator.queue import enqueue_targets
 from moderator.store import ExportFilters, JobState, Store
 from moderator.types import ItemStatus
 from tests.workers.conftest import Worker, make_settings, settings_env, wait_job, write_images
+from tests.workers.tcpproxy import TcpProxy
 from tests.workers.testsource import SCHEME
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -66,3 +68,35 @@ def test_poison_item_is_quarantined_and_the_rest_of_its_batch_is_scored(
     assert rows.pop("b_poison.jpg") == ("error", "quarantined: worker died 3 times on this item")
     assert sorted(rows) == ["img0.jpg", "img2.jpg", "img3.jpg"] and {s for s, _ in rows.values()} == {"ok"}
     assert worker.proc.poll() is None  # the pool replaced its dead children; the worker lives on
+
+
+@pytest.mark.postgres
+def test_database_outage_is_retried_and_nothing_is_lost(
+    redis_url: str, tmp_path: Path, start_worker: Callable[..., Worker], pg_url: str
+) -> None:
+    direct = pg_url
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.start()
+    via_proxy = make_url(direct).set(port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings(tmp_path, redis_url, database_url=direct, visibility_timeout=20)
+    write_images(tmp_path / "photos", 16)
+    store = Store(direct)
+    worker = start_worker(settings_env(settings, MODERATOR_DATABASE_URL=via_proxy, TESTSRC_READ_DELAY="0.25"))
+    try:
+        job_id = enqueue_targets([SCHEME + str(tmp_path / "photos")], settings)
+        wait_job(store, job_id, 90, until=lambda j: j.done >= 4, workers=[worker])
+        proxy.stop()  # the database vanishes mid-job for a while
+        time.sleep(6)
+        proxy.start()
+        job = wait_job(store, job_id, 90, workers=[worker])
+    finally:
+        proxy.stop()
+        store.close()
+    assert (job.state, job.total, job.done, job.errors) == (JobState.DONE, 16, 16, 0), worker.text()[-2000:]
+    assert "transient error, retry" in worker.text(), worker.text()
+    reopened = Store(direct)
+    try:
+        rows = statuses(reopened)
+    finally:
+        reopened.close()
+    assert len(rows) == 16 and {s for s, _ in rows.values()} == {"ok"}

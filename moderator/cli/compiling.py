@@ -1,0 +1,48 @@
+"""Policy files compiled for one command, with one-line errors (lifecycle commands share this)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from moderator.cli.common import fail
+
+if TYPE_CHECKING:
+    from moderator.policy.compile import CompiledPolicy
+    from moderator.policy.load import LoadedPolicy
+    from moderator.settings import Settings
+
+
+def compile_loaded(loaded: LoadedPolicy, settings: Settings) -> CompiledPolicy:
+    from moderator.models.clip import get_clip_model
+    from moderator.policy.compile import compile_policy
+    from moderator.policy.load import PolicyError
+    from moderator.scorers import ScorerContext
+    from moderator.types import PolicySkipped
+
+    ctx = ScorerContext(settings=settings, clip=partial(get_clip_model, settings))
+    try:
+        compiled = compile_policy(loaded, ctx)
+    except PolicyError as exc:
+        fail(f"invalid policy: {exc}")
+    if isinstance(compiled, PolicySkipped):
+        fail(f"policy {compiled.policy!r} cannot run here: {compiled.reason}")
+    return compiled
+
+
+def compile_file(path: Path, settings: Settings) -> CompiledPolicy:
+    from moderator.policy.load import PolicyError, load_policy
+
+    try:
+        loaded = load_policy(path)
+    except PolicyError as exc:
+        fail(f"invalid policy: {exc}")
+    return compile_loaded(loaded, settings)
+
+
+def warn_random_weights(settings: Settings) -> None:
+    from moderator.cli.common import console
+
+    if settings.pretrained.lower() == "none":
+        console.print("[yellow]warning:[/yellow] CLIP has random weights (pretrained=none): its scores mean nothing.")

@@ -1,0 +1,52 @@
+"""`moderator search "text"` / `moderator search --image FILE`: stored items by similarity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from moderator.cli.common import DatabaseOpt, DeviceOpt, ModelOpt, PretrainedOpt, fail, make_settings, open_store, out
+from moderator.cli.compiling import warn_random_weights
+
+
+def search(
+    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="An example image: find items that look like it.")] = None,
+    k: Annotated[int, typer.Option("--top", "-k", min=1, max=10_000, help="How many results.")] = 20,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Search stored items by text or by an example image (exact cosine similarity on their CLIP embeddings)."""
+    from moderator.models.clip import model_id_for
+    from moderator.scorers import ScorerUnavailable
+    from moderator.search import SearchIndex, image_query, text_query
+
+    if (text is None) == (image is None):
+        fail('give either a text query or --image FILE (e.g. moderator search "a red car")')
+    settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
+    store = open_store(settings)
+    warn_random_weights(settings)
+    try:
+        query = text_query(settings, text) if text is not None else image_query(settings, image, store)  # type: ignore[arg-type]
+        hits = SearchIndex(store, model_id_for(settings)).search(query, k)
+    except (ScorerUnavailable, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        for h in hits:
+            out.print(json.dumps({"sha256": h.sha256, "score": h.score, "uris": h.uris}), highlight=False, soft_wrap=True)
+        return
+    if not hits:
+        out.print(f"no stored embeddings of {model_id_for(settings)} to search")
+        return
+    table = Table("#", "score", "item", "sha256")
+    for i, h in enumerate(hits, start=1):
+        more = f" (+{len(h.uris) - 1} more)" if len(h.uris) > 1 else ""
+        table.add_row(str(i), f"{h.score:.4f}", (h.uris[0] if h.uris else "-") + more, h.sha256[:12])
+    out.print(table)

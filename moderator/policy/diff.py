@@ -1,0 +1,172 @@
+"""What a policy edit would change, over every stored item, before it is deployed.
+
+Both versions are scored from stored embeddings (moderator.rescore): no image is
+read, no image model runs. When the edit leaves scoring alone (thresholds, actions,
+description), the scores are computed once. An item's decision is the most severe
+action over its other policies' stored results and this policy's (old or new).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from moderator.policy.compile import CompiledPolicy
+from moderator.policy.schema import PolicySpec
+from moderator.rescore import ACTIONS, MatrixScores, fire_matrix, map_items, score_matrix
+from moderator.store import Store
+from moderator.store.bulk import EmbeddingMatrix, load_embedding_matrix, stored_actions
+from moderator.types import Action
+
+TAG = Action.TAG.severity
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    name: str
+    fired_old: int  # items where the class fired (any action)
+    fired_new: int
+    newly_fired: int
+    no_longer_fired: int
+    action_changed: int  # fired in both, with another action
+
+
+@dataclass(frozen=True)
+class ChangedItem:
+    uri: str
+    decision_old: str
+    decision_new: str
+    action_old: str
+    action_new: str
+    fired_added: list[str]  # "class:action" in the new version only
+    fired_removed: list[str]  # ... in the old version only
+    scores: dict[str, tuple[float | None, float | None]]  # class -> (old, new), for classes that changed
+
+
+@dataclass
+class PolicyDiff:
+    policy_old: str
+    policy_new: str
+    version_old: str
+    version_new: str
+    model_id: str
+    items: int = 0
+    missing: int = 0  # scored items with no stored embedding of this model
+    scores_reused: bool = False
+    decisions_changed: int = 0
+    decision_moves: Counter[str] = field(default_factory=Counter)  # "allow -> review": items
+    actions_changed: int = 0  # this policy's own action
+    tags_changed: int = 0  # items whose tag set changed
+    tags_added: int = 0
+    tags_removed: int = 0
+    classes: list[ClassChange] = field(default_factory=list)
+    sample: list[ChangedItem] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["decision_moves"] = dict(self.decision_moves)
+        return out
+
+
+def scoring_part(spec: PolicySpec) -> dict[str, object]:
+    """What scores depend on: everything but thresholds, actions, description and second opinions."""
+    dump = spec.model_dump(mode="json", exclude={"description", "second_opinion"})
+    # A list, not a dict: class order is column order, and dict equality ignores it.
+    dump["classes"] = [[name, c.get("prompts")] for name, c in dump["classes"].items()]
+    return dump
+
+
+def _fired(severity: np.ndarray, classes: tuple[str, ...], names: list[str]) -> np.ndarray:
+    """Severity [items, len(names)] aligned to `names` (0 for a class this version lacks)."""
+    out = np.zeros((severity.shape[0], len(names)), np.int8)
+    for j, name in enumerate(names):
+        if name in classes:
+            out[:, j] = severity[:, classes.index(name)]
+    return out
+
+
+def diff_policies(
+    store: Store,
+    old: CompiledPolicy,
+    new: CompiledPolicy,
+    model_id: str,
+    *,
+    sample: int = 10,
+    matrix: EmbeddingMatrix | None = None,
+) -> PolicyDiff:
+    result = PolicyDiff(old.name, new.name, old.loaded.version, new.loaded.version, model_id)
+    matrix = matrix if matrix is not None else load_embedding_matrix(store, model_id)
+    items = map_items(store, matrix)
+    result.items, result.missing = len(items.ids), items.missing
+
+    old_scored = score_matrix(old, matrix)
+    same_scorer = old.scorer.model_id == new.scorer.model_id and old.loaded.spec.scorer == new.loaded.spec.scorer
+    if same_scorer and scoring_part(old.loaded.spec) == scoring_part(new.loaded.spec):
+        result.scores_reused = True
+        severity, threshold = fire_matrix(new.rules, old_scored.scores)
+        new_scored = MatrixScores(old_scored.scores, old_scored.evidence, severity, threshold)
+    else:
+        new_scored = score_matrix(new, matrix)
+
+    rows = items.row
+    names = list(dict.fromkeys([*old.rules.classes, *new.rules.classes]))
+    sev_old = _fired(old_scored.severity[rows], old.rules.classes, names)
+    sev_new = _fired(new_scored.severity[rows], new.rules.classes, names)
+    act_old, act_new = old_scored.action[rows], new_scored.action[rows]
+
+    others = stored_actions(store, leave_out={old.name, new.name})
+    other = np.array([max((a.severity for a in others.get(i, ())), default=0) for i in items.ids], dtype=np.int8)
+    dec_old, dec_new = np.maximum(other, act_old), np.maximum(other, act_new)
+
+    moved = dec_old != dec_new
+    result.decisions_changed = int(moved.sum())
+    for a, b in zip(dec_old[moved].tolist(), dec_new[moved].tolist(), strict=True):
+        result.decision_moves[f"{ACTIONS[a].value} -> {ACTIONS[b].value}"] += 1
+    result.actions_changed = int((act_old != act_new).sum())
+    tag_old, tag_new = sev_old == TAG, sev_new == TAG
+    result.tags_changed = int((tag_old != tag_new).any(axis=1).sum())
+    result.tags_added = int((tag_new & ~tag_old).sum())
+    result.tags_removed = int((tag_old & ~tag_new).sum())
+    fo, fn = sev_old > 0, sev_new > 0
+    result.classes = [
+        ClassChange(
+            name=name,
+            fired_old=int(fo[:, j].sum()),
+            fired_new=int(fn[:, j].sum()),
+            newly_fired=int((fn[:, j] & ~fo[:, j]).sum()),
+            no_longer_fired=int((fo[:, j] & ~fn[:, j]).sum()),
+            action_changed=int((fo[:, j] & fn[:, j] & (sev_old[:, j] != sev_new[:, j])).sum()),
+        )
+        for j, name in enumerate(names)
+    ]
+    # The sample: items whose decision moved first, then those whose fired classes changed.
+    touched = (sev_old != sev_new).any(axis=1)
+    order = np.concatenate([np.flatnonzero(moved), np.flatnonzero(touched & ~moved)])[:sample]
+    for i in order.tolist():
+        row = int(rows[i])
+        changed = [j for j in range(len(names)) if sev_old[i, j] != sev_new[i, j]]
+        result.sample.append(
+            ChangedItem(
+                uri=items.uris[i],
+                decision_old=ACTIONS[dec_old[i]].value,
+                decision_new=ACTIONS[dec_new[i]].value,
+                action_old=ACTIONS[act_old[i]].value,
+                action_new=ACTIONS[act_new[i]].value,
+                fired_added=[f"{names[j]}:{ACTIONS[sev_new[i, j]].value}" for j in changed if sev_new[i, j]],
+                fired_removed=[f"{names[j]}:{ACTIONS[sev_old[i, j]].value}" for j in changed if sev_old[i, j]],
+                scores={
+                    names[j]: (
+                        _score(old_scored, old.rules.classes, row, names[j]),
+                        _score(new_scored, new.rules.classes, row, names[j]),
+                    )
+                    for j in changed
+                },
+            )
+        )
+    return result
+
+
+def _score(scored: MatrixScores, classes: tuple[str, ...], row: int, name: str) -> float | None:
+    return round(float(scored.scores[row, classes.index(name)]), 4) if name in classes else None

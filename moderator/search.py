@@ -1,0 +1,101 @@
+"""Search stored items by text or by example image: exact cosine similarity on stored embeddings.
+
+The index is the store's float16 matrix (store.bulk.load_embedding_matrix), kept in
+memory and compared with the query chunk by chunk (each chunk converted to float32
+for BLAS), so memory stays at the float16 matrix plus one chunk. Embeddings are unit
+length, so the dot product is the cosine. An item with several frames scores its
+best frame. No approximate index: exact search over 100k items is well under the
+200 ms goal (benchmarks/lifecycle_speed.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moderator.settings import Settings
+from moderator.store import Store
+from moderator.store.bulk import EmbeddingMatrix, embedding_count, load_embedding_matrix, uris_by_sha
+
+CHUNK = 16384  # rows converted to float32 at a time (32 MiB at 512-d)
+
+
+@dataclass(frozen=True)
+class Hit:
+    sha256: str
+    score: float
+    uris: list[str]
+
+
+def top_k(matrix: EmbeddingMatrix, query: np.ndarray, k: int, *, chunk: int = CHUNK) -> list[tuple[int, float]]:
+    """(sha index, cosine) of the k best, best first; ties by sha order."""
+    if len(matrix) == 0 or k <= 0:
+        return []
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    if q.shape[0] != matrix.vectors.shape[1]:
+        raise ValueError(
+            f"query has {q.shape[0]} dimensions, the stored embeddings {matrix.vectors.shape[1]}: another model"
+        )
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    rows = matrix.vectors.shape[0]
+    sims = np.empty(rows, np.float32)
+    for start in range(0, rows, chunk):
+        sims[start : start + chunk] = matrix.vectors[start : start + chunk].astype(np.float32) @ q
+    per_item = sims if matrix.single_frame else np.maximum.reduceat(sims, matrix.offsets[:-1])
+    k = min(k, len(per_item))
+    best = np.argpartition(-per_item, k - 1)[:k]
+    best = best[np.lexsort((best, -per_item[best]))]
+    return [(int(i), float(per_item[i])) for i in best]
+
+
+class SearchIndex:
+    """The stored embeddings of one model, reloaded when the store has new ones."""
+
+    def __init__(self, store: Store, model_id: str) -> None:
+        self.store = store
+        self.model_id = model_id
+        self._key: object = None
+        self._matrix: EmbeddingMatrix | None = None
+
+    @property
+    def matrix(self) -> EmbeddingMatrix:
+        key = embedding_count(self.store, self.model_id)
+        if self._matrix is None or key != self._key:
+            self._matrix, self._key = load_embedding_matrix(self.store, self.model_id), key
+        return self._matrix
+
+    def search(self, query: np.ndarray, k: int = 20, *, exclude: str | None = None) -> list[Hit]:
+        matrix = self.matrix
+        found = top_k(matrix, query, k + (1 if exclude else 0))
+        hits = [(matrix.shas[i], score) for i, score in found if matrix.shas[i] != exclude][:k]
+        uris = uris_by_sha(self.store, [sha for sha, _ in hits])
+        return [Hit(sha, round(score, 6), uris.get(sha, [])) for sha, score in hits]
+
+
+def text_query(settings: Settings, text: str) -> np.ndarray:
+    """The CLIP text embedding of `text` (raises ScorerUnavailable without weights)."""
+    from moderator.models.clip import get_clip_model
+
+    vector: np.ndarray = get_clip_model(settings).encode_text([text])[0]
+    return vector
+
+
+def image_query(settings: Settings, path: Path, store: Store | None = None) -> np.ndarray:
+    """The embedding of an example image (its stored one when the store has it); ValueError if unreadable."""
+    from moderator.embed import embed_files
+    from moderator.probes import item_features
+
+    (found,) = embed_files([path], settings, store=store, save=False)
+    if found.embedding is None:
+        raise ValueError(f"{path}: {found.error}")
+    return item_features(found.embedding)
+
+
+def item_query(store: Store, model_id: str, sha256: str) -> np.ndarray | None:
+    """The stored embedding of an item's content ("more like this"), or None."""
+    from moderator.probes import item_features
+
+    stored = store.load_embeddings([sha256], model_id).get(sha256)
+    return None if stored is None else item_features(stored)

@@ -1,0 +1,145 @@
+"""Re-scoring stored items from their stored embeddings, with known embeddings and prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moderator.decide import DecisionRules, PolicyMeta, decide
+from moderator.policy.schema import PolicySpec
+from moderator.rescore import fire_matrix, rescore
+from moderator.store import ExportFilters, Store
+from moderator.store.bulk import load_embedding_matrix
+from moderator.types import Action, PolicyResult
+from tests.lifecycle import MODEL_ID, PETS, axis, compiled, context, seed, sha_of, write
+
+PETS_ITEMS = {"cat1": axis(0), "cat2": axis(0), "dog1": axis(1), "other1": axis(2)}
+
+
+def rows(store: Store) -> dict[str, object]:
+    return {r.uri: r for r in store.iter_export(ExportFilters())}
+
+
+def test_fire_matrix_agrees_with_decide_on_every_band() -> None:
+    spec = PolicySpec.model_validate(
+        {
+            "name": "p",
+            "classes": {
+                "a": {"prompts": ["x"], "actions": {"tag": 0.2, "review": 0.5, "block": 0.8}},
+                "b": {"prompts": ["y"], "threshold": 0.0, "action": "review"},
+                "c": {"prompts": ["z"]},
+            },
+        }
+    )
+    rules = DecisionRules.from_spec(spec)
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random((200, 3)), [[0.2, 0.0, 1.0], [0.5, 0.3, 0.0], [0.8, 1.0, 0.5], [0.1999, 0, 0]]])
+    severity, threshold = fire_matrix(rules, scores)
+    meta = PolicyMeta("p", "v", "clip", "m")
+    for i, row in enumerate(scores):
+        expected = decide(rules, meta, row, ["", "", ""])
+        fired = {f.name: (f.action.severity, f.threshold) for f in expected.fired}
+        got = {rules.classes[j]: (int(severity[i, j]), float(threshold[i, j])) for j in np.flatnonzero(severity[i])}
+        assert got == fired
+
+
+def test_rescore_stores_results_of_the_new_version_from_embeddings(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(store, PETS_ITEMS)
+    ctx, clip = context(tmp_path, monkeypatch)
+    policy = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
+    summary = rescore(store, policy, MODEL_ID)
+    assert (summary.items, summary.missing) == (4, 0)
+    assert summary.actions == {"tag": 2, "review": 1, "allow": 1}
+    stored = rows(store)
+    assert {u: r.decision for u, r in stored.items()} == {  # type: ignore[attr-defined]
+        "cat1": Action.TAG, "cat2": Action.TAG, "dog1": Action.REVIEW, "other1": Action.ALLOW
+    }
+    cat = stored["cat1"]
+    assert cat.policy_versions == {"pets": policy.loaded.version}  # type: ignore[attr-defined]
+    assert cat.tags == ["cat"]  # type: ignore[attr-defined]
+    # e^L / (e^L + 2): the cat prompt matches exactly, the two others are orthogonal.
+    assert cat.scores["pets"]["cat"] == pytest.approx(np.exp(10) / (np.exp(10) + 2), rel=1e-6)  # type: ignore[attr-defined]
+    assert clip.calls == 1  # prompts encoded once, no image encoded (FakeClip has no image encoder)
+
+
+def test_rescore_after_an_edit_replaces_results_and_recomputes_decisions(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(store, PETS_ITEMS)
+    ctx, _ = context(tmp_path, monkeypatch)
+    rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID)
+    edited = compiled(write(tmp_path / "pets2.yaml", PETS.replace("action: review", "action: block")), ctx)
+    summary = rescore(store, edited, MODEL_ID)
+    assert summary.decisions_changed == 1
+    stored = rows(store)
+    assert stored["dog1"].decision is Action.BLOCK  # type: ignore[attr-defined]
+    assert stored["dog1"].policy_versions["pets"] == edited.loaded.version  # type: ignore[attr-defined]
+    assert store.counts()["results"] == 4  # replaced, not added
+
+
+def test_rescore_keeps_other_policies_in_the_decision(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(store, PETS_ITEMS)
+    ctx, _ = context(tmp_path, monkeypatch)
+    blocker = PETS.replace("name: pets", "name: strict").replace("action: tag", "action: block")
+    rescore(store, compiled(write(tmp_path / "strict.yaml", blocker), ctx), MODEL_ID)
+    rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID)
+    assert rows(store)["cat1"].decision is Action.BLOCK  # type: ignore[attr-defined]
+
+
+def test_items_without_an_embedding_of_the_model_are_counted_not_scored(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(store, {"cat1": axis(0)})
+    seed(store, {"elsewhere": axis(1)}, model_id="other/model")
+    ctx, _ = context(tmp_path, monkeypatch)
+    summary = rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID)
+    assert (summary.items, summary.missing) == (1, 1)
+    assert rows(store)["elsewhere"].policy_versions == {}  # type: ignore[attr-defined]
+
+
+def test_multi_frame_items_score_their_worst_frame(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(store, {"anim": np.stack([axis(2), axis(1)]), "still": axis(2)})
+    matrix = load_embedding_matrix(store, MODEL_ID)
+    assert matrix.vectors.shape == (3, 8) and not matrix.single_frame
+    ctx, _ = context(tmp_path, monkeypatch)
+    rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID, matrix=matrix)
+    stored = rows(store)
+    assert stored["anim"].decision is Action.REVIEW  # type: ignore[attr-defined]  # the dog frame
+    assert stored["still"].decision is Action.ALLOW  # type: ignore[attr-defined]
+
+
+def test_items_sharing_bytes_share_one_result(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderator.store import ItemRecord
+    from moderator.types import ItemStatus
+
+    seed(store, {"a": axis(1)})
+    store.save_items([ItemRecord(uri="copy-of-a", sha256=sha_of("a"), size=1, fingerprint=None, status=ItemStatus.OK)])
+    ctx, _ = context(tmp_path, monkeypatch)
+    summary = rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID)
+    assert summary.items == 2
+    assert {r.decision for r in rows(store).values()} == {Action.REVIEW}  # type: ignore[attr-defined]
+
+
+def test_result_matches_what_the_pipeline_path_would_store(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moderator.rescore import result_at, score_matrix
+
+    seed(store, {"mix": axis(0, 1), "cat": axis(0)})
+    ctx, _ = context(tmp_path, monkeypatch)
+    policy = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
+    matrix = load_embedding_matrix(store, MODEL_ID)
+    scored = score_matrix(policy, matrix)
+    from moderator.scorers import ScoringBatch
+
+    expected = policy.evaluate(ScoringBatch(sha256=matrix.shas, embeddings=matrix.rows(0, len(matrix))))
+    got: list[PolicyResult] = [result_at(policy, scored, i) for i in range(len(matrix))]
+    assert got == expected
