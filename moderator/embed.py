@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,7 +65,7 @@ def embed_files(
             # Decoded at the model's input size (JPEG draft mode); the model loads only when needed.
             needs_model = any(f.embedding is None for f in todo)
             draft = get_clip_model(settings).image_size if needs_model else 256
-            list(pool.map(lambda f: _decode(f, settings, draft), todo))
+            list(pool.map(partial(_decode, settings=settings, draft_size=draft), todo))
             _encode([f for f in todo if f.error is None and f.embedding is None], settings, store if save else None)
             if not keep_images:
                 for f in chunk:

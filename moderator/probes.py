@@ -111,7 +111,9 @@ def trained_classes(data: LabelledEmbeddings, rows: np.ndarray) -> list[bool]:
     return (pos & neg).tolist()
 
 
-def held_out_metrics(data: LabelledEmbeddings, rows: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, Any]:
+def held_out_metrics(
+    data: LabelledEmbeddings, rows: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> dict[str, Any]:
     if not len(rows):
         return {"note": "too few items for a held-out split"}
     scores = probe_scores(data.features[rows], weight, bias, data.activation)

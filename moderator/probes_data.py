@@ -51,7 +51,7 @@ def review_labels(store: Store, spec: PolicySpec) -> dict[str, dict[str, bool]]:
     out: dict[str, dict[str, bool]] = {}
     with store.session() as s:
         for sha, label, positive in s.execute(stmt):
-            out.setdefault(sha, {})[label] = bool(positive)
+            out.setdefault(str(sha), {})[label] = bool(positive)
     return out
 
 

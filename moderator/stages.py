@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from typing import TypeVar
@@ -45,7 +45,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def timed(items: Iterable[T], timer: StageTimer, stage: str) -> Iterator[T]:
+def timed(items: Iterable[T], timer: StageTimer, stage: str) -> Generator[T, None, None]:
     """`items`, with the time spent producing each one added to `stage`."""
     it = iter(items)
     try:
@@ -80,7 +80,7 @@ def _put(out: queue.Queue[object], stop: threading.Event, value: object) -> bool
     return False
 
 
-def prefetch(items: Iterable[T], fn: Callable[[T], U], depth: int = 2) -> Iterator[U]:
+def prefetch(items: Iterable[T], fn: Callable[[T], U], depth: int = 2) -> Generator[U, None, None]:
     """fn(item) for each item, computed in a background thread up to `depth` ahead.
 
     This is what overlaps reading and decoding batch k+1 with inference on batch k.

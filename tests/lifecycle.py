@@ -89,9 +89,7 @@ def seed(store: Store, items: dict[str, np.ndarray], model_id: str = MODEL_ID) -
     """Items uri -> embedding [d] or [frames, d]; the sha256 is derived from the uri (one per item)."""
     shas = {uri: sha_of(uri) for uri in items}
     store.save_embeddings({shas[u]: np.atleast_2d(e) for u, e in items.items()}, model_id)
-    store.save_items(
-        [ItemRecord(uri=u, sha256=shas[u], size=1, fingerprint=None, status=ItemStatus.OK) for u in items]
-    )
+    store.save_items([ItemRecord(uri=u, sha256=shas[u], size=1, fingerprint=None, status=ItemStatus.OK) for u in items])
 
 
 def sha_of(uri: str) -> str:

@@ -56,7 +56,10 @@ def test_rescore_stores_results_of_the_new_version_from_embeddings(
     assert summary.actions == {"tag": 2, "review": 1, "allow": 1}
     stored = rows(store)
     assert {u: r.decision for u, r in stored.items()} == {  # type: ignore[attr-defined]
-        "cat1": Action.TAG, "cat2": Action.TAG, "dog1": Action.REVIEW, "other1": Action.ALLOW
+        "cat1": Action.TAG,
+        "cat2": Action.TAG,
+        "dog1": Action.REVIEW,
+        "other1": Action.ALLOW,
     }
     cat = stored["cat1"]
     assert cat.policy_versions == {"pets": policy.loaded.version}  # type: ignore[attr-defined]

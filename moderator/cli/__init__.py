@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import typer
 
-from moderator.cli import enqueue, export, hashlist, jobs, listen, policy, review, scan, serve, users, worker
+from moderator.cli import (
+    enqueue,
+    export,
+    hashlist,
+    jobs,
+    listen,
+    policy,
+    probe,
+    rescore,
+    review,
+    scan,
+    search,
+    serve,
+    users,
+    worker,
+)
+from moderator.cli import eval as eval_cli
 
 app = typer.Typer(
     name="moderator",
@@ -18,6 +34,11 @@ app.command("scan")(scan.scan)
 app.command("export")(export.export)
 app.add_typer(policy.app, name="policy")
 app.add_typer(hashlist.app, name="hashlist")
+# Policy lifecycle: re-score stored embeddings, evaluate, train probes, search
+app.command("rescore")(rescore.rescore)
+app.command("eval")(eval_cli.eval_)
+app.add_typer(probe.app, name="probe")
+app.command("search")(search.search)
 # Queue and workers
 app.command("enqueue")(enqueue.enqueue)
 app.command("worker")(worker.worker)

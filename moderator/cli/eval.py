@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from moderator.cli.common import DatabaseOpt, DeviceOpt, ModelOpt, PretrainedOpt, console, fail, make_settings, open_store, out
+from moderator.cli.common import (
+    DatabaseOpt,
+    DeviceOpt,
+    ModelOpt,
+    PretrainedOpt,
+    console,
+    fail,
+    make_settings,
+    open_store,
+    out,
+)
 from moderator.cli.compiling import compile_loaded, warn_random_weights
 
 if TYPE_CHECKING:
@@ -26,9 +36,15 @@ def eval_(
         Path | None,
         typer.Option("--compare-prompts", help="A YAML file of prompt/template variants to compare side by side."),
     ] = None,
-    target_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="Suggest thresholds reaching this precision.")] = 0.9,
-    target_recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="Suggest thresholds reaching this recall.")] = 0.9,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and PR curves (default eval-POLICY).")] = None,
+    target_precision: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Suggest thresholds reaching this precision.")
+    ] = 0.9,
+    target_recall: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Suggest thresholds reaching this recall.")
+    ] = 0.9,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for report.json and PR curves (default eval-POLICY).")
+    ] = None,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -76,7 +92,11 @@ def eval_(
     for i, (name, p) in enumerate(compiled):
         try:
             reports[name] = evaluate_policy(
-                p, embeddings, labels, target_precision=target_precision, target_recall=target_recall  # type: ignore[arg-type]
+                p,
+                embeddings,
+                labels,
+                target_precision=target_precision,
+                target_recall=target_recall,  # type: ignore[arg-type]
             )
         except ValueError as exc:
             fail(str(exc))
@@ -107,14 +127,32 @@ def _slug(name: str) -> str:
 def _print_report(r: EvalReport) -> None:
     out.print(f"{r.items} images, top-1 accuracy {_fmt(r.accuracy)}, mean AP {_fmt(r.mean_average_precision)}")
     table = Table(
-        "class", "support", "precision", "recall", "F1", "AP", "fires at", "P@t", "R@t",
-        f"t for P>={r.target_precision:g}", f"t for R>={r.target_recall:g}", title="per class (top-1; one-vs-rest)",
+        "class",
+        "support",
+        "precision",
+        "recall",
+        "F1",
+        "AP",
+        "fires at",
+        "P@t",
+        "R@t",
+        f"t for P>={r.target_precision:g}",
+        f"t for R>={r.target_recall:g}",
+        title="per class (top-1; one-vs-rest)",
     )
     for c in r.per_class:
         table.add_row(
-            c.name, str(c.support), _fmt(c.precision), _fmt(c.recall), _fmt(c.f1), _fmt(c.average_precision),
-            _fmt(c.threshold), _fmt(c.precision_at_threshold), _fmt(c.recall_at_threshold),
-            _fmt(c.threshold_for_precision), _fmt(c.threshold_for_recall),
+            c.name,
+            str(c.support),
+            _fmt(c.precision),
+            _fmt(c.recall),
+            _fmt(c.f1),
+            _fmt(c.average_precision),
+            _fmt(c.threshold),
+            _fmt(c.precision_at_threshold),
+            _fmt(c.recall_at_threshold),
+            _fmt(c.threshold_for_precision),
+            _fmt(c.threshold_for_recall),
         )
     out.print(table)
     cm = Table("true \\ predicted", *r.classes, title="confusion matrix")
@@ -127,7 +165,9 @@ def _print_comparison(reports: dict[str, EvalReport]) -> None:
     names = list(reports)
     classes = reports[names[0]].classes
     table = Table("average precision", *names, title="prompt variants side by side (best in bold)")
-    rows = [(c, [next(x for x in reports[n].per_class if x.name == c).average_precision for n in names]) for c in classes]
+    rows = [
+        (c, [next(x for x in reports[n].per_class if x.name == c).average_precision for n in names]) for c in classes
+    ]
     rows.append(("mean AP", [reports[n].mean_average_precision for n in names]))
     rows.append(("top-1 accuracy", [reports[n].accuracy for n in names]))
     for label, values in rows:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from moderator.cli.common import DatabaseOpt, console, fail, make_settings, open_store
 
@@ -53,8 +54,9 @@ def export(
             decision=decision, status=status, tag=tag, policy=policy, uri_prefix=prefix,
             updated_since=since, updated_until=until,
         )
-    except ValueError as exc:
-        fail(str(exc).splitlines()[-1] if str(exc) else "bad filter")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"--{'.'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}")
     store = open_store(make_settings(database_url=database_url))
     if format == "parquet":
         assert out_path is not None

@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from moderator.cli.common import DatabaseOpt, DeviceOpt, ModelOpt, PretrainedOpt, console, fail, make_settings, open_store, out
+from moderator.cli.common import (
+    DatabaseOpt,
+    DeviceOpt,
+    ModelOpt,
+    PretrainedOpt,
+    console,
+    fail,
+    make_settings,
+    open_store,
+    out,
+)
 from moderator.cli.compiling import compile_file, warn_random_weights
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
@@ -48,7 +58,9 @@ def diff(
         f"(model {result.model_id})"
     )
     if result.missing:
-        console.print(f"[yellow]{result.missing} scored items have no stored embedding of this model: left out[/yellow]")
+        console.print(
+            f"[yellow]{result.missing} scored items have no stored embedding of this model: left out[/yellow]"
+        )
     out.print(f"decisions that would change: {result.decisions_changed}", highlight=False)
     for move, n in sorted(result.decision_moves.items(), key=lambda kv: -kv[1]):
         out.print(f"  {move}: {n}", highlight=False)
@@ -59,13 +71,23 @@ def diff(
     )
     table = Table("class", "fired before", "fired after", "newly fired", "no longer", "other action", title="by class")
     for c in result.classes:
-        table.add_row(c.name, *(str(v) for v in (c.fired_old, c.fired_new, c.newly_fired, c.no_longer_fired, c.action_changed)))
+        table.add_row(
+            c.name, *(str(v) for v in (c.fired_old, c.fired_new, c.newly_fired, c.no_longer_fired, c.action_changed))
+        )
     out.print(table)
     if result.sample:
-        items = Table("item", "decision", "added", "removed", "scores (before -> after)", title="changed items (sample)")
+        items = Table(
+            "item", "decision", "added", "removed", "scores (before -> after)", title="changed items (sample)"
+        )
         for s in result.sample:
             scores = ", ".join(f"{k} {_num(a)} -> {_num(b)}" for k, (a, b) in s.scores.items())
-            items.add_row(s.uri, f"{s.decision_old} -> {s.decision_new}", " ".join(s.fired_added), " ".join(s.fired_removed), scores)
+            items.add_row(
+                s.uri,
+                f"{s.decision_old} -> {s.decision_new}",
+                " ".join(s.fired_added),
+                " ".join(s.fired_removed),
+                scores,
+            )
         out.print(items)
 
 
@@ -109,8 +131,12 @@ def test(
         payload = [
             {"image": str(f.path), "error": f.error}
             if f.error
-            else {"image": str(f.path), "action": results[f.path].action.value, "scores": results[f.path].scores,
-                  "fired": [fc.name for fc in results[f.path].fired]}
+            else {
+                "image": str(f.path),
+                "action": results[f.path].action.value,
+                "scores": results[f.path].scores,
+                "fired": [fc.name for fc in results[f.path].fired],
+            }
             for f in files
         ]
         out.print_json(json.dumps(payload))
@@ -124,7 +150,12 @@ def test(
         table = Table("class", "score", "fires at", "action", title=f"{f.path}: {r.action.value}", title_justify="left")
         for name, score in sorted(r.scores.items(), key=lambda kv: -kv[1]):
             fc = fired.get(name)
-            table.add_row(f"{name} *" if fc else name, f"{score:.4f}", f"{fc.threshold:g}" if fc else "", fc.action.value if fc else "")
+            table.add_row(
+                f"{name} *" if fc else name,
+                f"{score:.4f}",
+                f"{fc.threshold:g}" if fc else "",
+                fc.action.value if fc else "",
+            )
         out.print(table)
         for fc in r.fired:
             if fc.evidence:

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from moderator.cli.common import DatabaseOpt, DeviceOpt, ModelOpt, PretrainedOpt, console, fail, make_settings, open_store, out
+from moderator.cli.common import (
+    DatabaseOpt,
+    DeviceOpt,
+    ModelOpt,
+    PretrainedOpt,
+    console,
+    fail,
+    make_settings,
+    open_store,
+    out,
+)
 
 if TYPE_CHECKING:
     from moderator.probes import LabelledEmbeddings
@@ -21,8 +31,12 @@ app = typer.Typer(help="Linear probes: classifiers trained on CLIP embeddings.",
 @app.command("train")
 def train(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write NAME.safetensors and NAME.json.")],
-    data: Annotated[Path | None, typer.Option("--data", help="A folder with one subfolder per class, or a CSV of path,label.")] = None,
-    from_reviews: Annotated[Path | None, typer.Option("--from-reviews", help="A policy file: train on reviewer labels of its classes.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="A folder with one subfolder per class, or a CSV of path,label.")
+    ] = None,
+    from_reviews: Annotated[
+        Path | None, typer.Option("--from-reviews", help="A policy file: train on reviewer labels of its classes.")
+    ] = None,
     test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of items held out for metrics.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     database_url: DatabaseOpt = None,
@@ -54,7 +68,9 @@ def train(
         fail(str(exc))
     untrained = [c for c, ok in zip(trained.card["classes"], trained.card["trained"], strict=True) if not ok]
     if untrained:
-        console.print(f"[yellow]no positive and negative examples of {untrained}: those classes always score 0[/yellow]")
+        console.print(
+            f"[yellow]no positive and negative examples of {untrained}: those classes always score 0[/yellow]"
+        )
     weights, card = save_probe(out_path, trained.weight, trained.bias, trained.card)
     out.print(f"trained on {trained.card['n_train']} items, held out {trained.card['n_test']} ({model_id})")
     out.print_json(json.dumps(trained.card["metrics"]["held_out"]))

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from moderator.cli.common import DatabaseOpt, DeviceOpt, ModelOpt, PolicyOpt, PretrainedOpt, console, fail, make_settings, open_store, out
+from moderator.cli.common import (
+    DatabaseOpt,
+    DeviceOpt,
+    ModelOpt,
+    PolicyOpt,
+    PretrainedOpt,
+    console,
+    fail,
+    make_settings,
+    open_store,
+    out,
+)
 from moderator.cli.compiling import compile_loaded
 
 
@@ -30,7 +41,9 @@ def rescore(
     from moderator.rescore import rescore as run
     from moderator.store.bulk import load_embedding_matrix
 
-    settings = make_settings(policies=policy, database_url=database_url, model=model, pretrained=pretrained, device=device)
+    settings = make_settings(
+        policies=policy, database_url=database_url, model=model, pretrained=pretrained, device=device
+    )
     try:
         loaded = load_policies(settings.policy_paths())
     except PolicyError as exc:

@@ -15,7 +15,9 @@ from moderator.cli.compiling import warn_random_weights
 
 def search(
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="An example image: find items that look like it.")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="An example image: find items that look like it.")
+    ] = None,
     k: Annotated[int, typer.Option("--top", "-k", min=1, max=10_000, help="How many results.")] = 20,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
@@ -40,7 +42,9 @@ def search(
         fail(str(exc))
     if as_json:
         for h in hits:
-            out.print(json.dumps({"sha256": h.sha256, "score": h.score, "uris": h.uris}), highlight=False, soft_wrap=True)
+            out.print(
+                json.dumps({"sha256": h.sha256, "score": h.score, "uris": h.uris}), highlight=False, soft_wrap=True
+            )
         return
     if not hits:
         out.print(f"no stored embeddings of {model_id_for(settings)} to search")

@@ -20,7 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moderator.policy.load import LoadedPolicy, PolicyError, _line_for, _read_text, field_path, parse_yaml, policy_version
+from moderator.policy.load import (
+    LoadedPolicy,
+    PolicyError,
+    _line_for,
+    _read_text,
+    field_path,
+    parse_yaml,
+    policy_version,
+)
 from moderator.policy.schema import PolicySpec, Prompt
 
 
@@ -70,4 +78,3 @@ def load_variants(path: Path, base: LoadedPolicy) -> list[tuple[str, LoadedPolic
             raise PolicyError(path, f"variant {name!r}: {e.errors()[0]['msg']}", line=_line_for(lines, where)) from None
         out.append((name, LoadedPolicy(spec=spec, path=base.path, version=policy_version(spec), lines=base.lines)))
     return out
-

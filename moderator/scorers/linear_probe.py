@@ -42,7 +42,7 @@ FORMAT = "moderator-linear-probe/1"
 class ProbeCard(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["moderator-linear-probe/1"] = FORMAT
+    format: Literal["moderator-linear-probe/1"] = "moderator-linear-probe/1"
     model_id: str
     classes: list[str] = Field(min_length=1)
     activation: Literal["softmax", "sigmoid"]
@@ -176,7 +176,9 @@ class LinearProbeScorer:
             options = LinearProbeOptions.model_validate(spec.options)
         except ValidationError as e:
             err = e.errors()[0]
-            raise ValueError(f"options.{'.'.join(map(str, err['loc']))}: {err['msg']} (e.g. probe: NAME.safetensors)") from None
+            raise ValueError(
+                f"options.{'.'.join(map(str, err['loc']))}: {err['msg']} (e.g. probe: NAME.safetensors)"
+            ) from None
         path = Path(options.probe).expanduser()
         if not path.is_absolute() and ctx.policy_file is not None:
             path = ctx.policy_file.parent / path

@@ -184,7 +184,7 @@ def tar_reason(info: tarfile.TarInfo, limit: int) -> str | None:
 
 def _walk(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while (info := tf.next()) is not None:
-        tf.members.clear()  # tarfile keeps every header otherwise: a million of them add up
+        tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header: a million add up
         yield info
 
 

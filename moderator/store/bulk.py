@@ -158,11 +158,7 @@ def save_results(store: Store, results: Sequence[tuple[int, PolicyResult]], *, c
                     actions[item_id].append(Action(action))
                 for item_id, decision in conn.execute(select(Item.id, Item.decision).where(Item.id.in_(id_chunk))):
                     current[item_id] = decision
-            rows = [
-                {"b_id": i, "b_decision": new}
-                for i in ids
-                if (new := most_severe(actions[i])) != current.get(i)
-            ]
+            rows = [{"b_id": i, "b_decision": new} for i in ids if (new := most_severe(actions[i])) != current.get(i)]
             if rows:
                 conn.execute(set_decision, rows)
             changed += len(rows)
@@ -184,5 +180,5 @@ def uris_by_sha(store: Store, shas: Iterable[str]) -> dict[str, list[str]]:
         for chunk in _chunks(dict.fromkeys(shas)):
             stmt = select(Item.sha256, Item.uri).where(Item.sha256.in_(chunk)).order_by(Item.id)
             for sha, uri in s.connection().execute(stmt):
-                out[sha].append(uri)
+                out[str(sha)].append(uri)
     return out

@@ -21,7 +21,9 @@ def test_threshold_edit_counts_decisions_tags_and_classes(
     ctx, clip = context(tmp_path, monkeypatch)
     old = compiled(write(tmp_path / "old.yaml", PETS), ctx)
     # dog: review -> block; cat: no longer tagged (tag only above 0.99999, which e^10/(e^10+2) misses)
-    new_text = PETS.replace("action: review", "action: block").replace("threshold: 0.5, action: tag", "threshold: 0.99999, action: tag")
+    new_text = PETS.replace("action: review", "action: block").replace(
+        "threshold: 0.5, action: tag", "threshold: 0.99999, action: tag"
+    )
     new = compiled(write(tmp_path / "new.yaml", new_text), ctx)
     before = store.counts()
     diff = diff_policies(store, old, new, MODEL_ID, sample=10)
@@ -48,7 +50,13 @@ def test_prompt_edit_rescores_and_moves_items_between_classes(
     ctx, _ = context(tmp_path, monkeypatch)
     old = compiled(write(tmp_path / "old.yaml", PETS), ctx)
     # The cat prompt now points where the "other" items are.
-    new = compiled(write(tmp_path / "new.yaml", PETS.replace("prompts: [axis0]", "prompts: [axis2]").replace("prompts: [axis2]}", "prompts: [axis0]}")), ctx)
+    new = compiled(
+        write(
+            tmp_path / "new.yaml",
+            PETS.replace("prompts: [axis0]", "prompts: [axis2]").replace("prompts: [axis2]}", "prompts: [axis0]}"),
+        ),
+        ctx,
+    )
     diff = diff_policies(store, old, new, MODEL_ID)
     assert not diff.scores_reused
     by_class = {c.name: c for c in diff.classes}
@@ -64,7 +72,9 @@ def test_decision_includes_other_policies_stored_results(
     strict = PETS.replace("name: pets", "name: strict").replace("action: tag", "action: block")
     rescore(store, compiled(write(tmp_path / "strict.yaml", strict), ctx), MODEL_ID)  # blocks the cats
     old = compiled(write(tmp_path / "old.yaml", PETS), ctx)
-    new = compiled(write(tmp_path / "new.yaml", PETS.replace("threshold: 0.5, action: tag", "threshold: 1.0, action: tag")), ctx)
+    new = compiled(
+        write(tmp_path / "new.yaml", PETS.replace("threshold: 0.5, action: tag", "threshold: 1.0, action: tag")), ctx
+    )
     diff = diff_policies(store, old, new, MODEL_ID)
     assert diff.tags_removed == 2
     assert diff.decisions_changed == 0  # the cats stay blocked by the other policy
@@ -77,7 +87,10 @@ def test_added_and_removed_classes_are_compared_by_name(
     seed(store, ITEMS)
     ctx, _ = context(tmp_path, monkeypatch)
     old = compiled(write(tmp_path / "old.yaml", PETS), ctx)
-    new_text = PETS.replace("  other: {prompts: [axis2]}", "  other: {prompts: [axis2]}\n  bird: {prompts: [axis3], threshold: 0.0, action: tag}")
+    new_text = PETS.replace(
+        "  other: {prompts: [axis2]}",
+        "  other: {prompts: [axis2]}\n  bird: {prompts: [axis3], threshold: 0.0, action: tag}",
+    )
     new = compiled(write(tmp_path / "new.yaml", new_text), ctx)
     diff = diff_policies(store, old, new, MODEL_ID, sample=2)
     bird = next(c for c in diff.classes if c.name == "bird")

@@ -29,6 +29,9 @@ class TcpProxy:
     def stop(self) -> None:
         """Refuse new connections and cut every open one."""
         if self._listener is not None:
+            # shutdown() first: on Linux, close() alone leaves a blocked accept() accepting.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -1,0 +1,207 @@
+"""What the scan benchmarks share: a realistic photo set, the baselines, and timing.
+
+The photos are made in code (no downloads) but decode like camera JPEGs: smooth
+shapes and gradients under sensor-like noise, at quality 90, so a 12 MP image is a
+few MB of real entropy (flat colours would decode unrealistically fast). They are
+cached under the temp folder, keyed by their parameters, so runs reuse them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+LARGE = (4000, 3000)  # 12 MP, a phone camera
+SMALL = (1155, 866)  # 1 MP
+NOISE = 8  # +-8 grey levels of per-pixel noise: 12 MP at quality 90 comes out near 3 MB, like a phone photo
+CACHE = Path(os.environ.get("MODERATOR_BENCH_CACHE", Path(tempfile.gettempdir()) / "moderator-bench"))
+
+
+def make_photo(seed: int, size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    # Scene at a quarter of the size, blown up: smooth sky, walls and skin, soft-edged objects.
+    sw, sh = w // 4, h // 4
+    scene = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((sw, sh), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(scene)
+    for _ in range(40):
+        x, y = int(rng.integers(0, sw)), int(rng.integers(0, sh))
+        r = int(rng.integers(sw // 60 + 1, sw // 6 + 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.line((x, y, x + int(rng.integers(-r, r)), y + int(rng.integers(-r, r))), fill=colour, width=r // 8 + 1)
+    scene = scene.filter(ImageFilter.GaussianBlur(1)).resize(size, Image.Resampling.BILINEAR)
+    # Texture and sensor noise at full resolution: what makes real JPEGs expensive to decode.
+    noise = rng.integers(-NOISE, NOISE + 1, (h, w, 1), dtype=np.int16)
+    pixels = np.clip(np.asarray(scene, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def photo_folder(n: int = 200) -> Path:
+    """n JPEGs, large and small interleaved (any prefix has the same mix); made once, then cached."""
+    folder = CACHE / f"photos-{n}-v1"
+    if not (folder / ".complete").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            size = LARGE if i % 2 == 0 else SMALL
+            (folder / f"{i:04d}.jpg").write_bytes(make_photo(i, size))
+        (folder / ".complete").write_text("")
+    return folder
+
+
+def photos(folder: Path, n: int | None = None) -> list[Path]:
+    return sorted(folder.glob("*.jpg"))[:n]
+
+
+def subset_folder(folder: Path, n: int, dest: Path) -> Path:
+    """The first n photos as hard links (or copies) in a folder of their own."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in photos(folder, n):
+        target = dest / path.name
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:
+                target.write_bytes(path.read_bytes())
+    return dest
+
+
+def tar_gz(paths: Sequence[Path], dest: Path) -> Path:
+    if not dest.exists():
+        with tarfile.open(dest, "w:gz", compresslevel=6) as tf:
+            for path in paths:
+                tf.add(path, arcname=f"photos/{path.name}")
+    return dest
+
+
+def best_of(fn: Callable[[], float], repeat: int = 2) -> float:
+    """The best of `repeat` runs of fn() (seconds): the least disturbed by other load."""
+    return min(fn() for _ in range(repeat))
+
+
+def seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def naive_rate(model_name: str, paths: Sequence[Path]) -> float:
+    """Images/s of the obvious loop: open, open_clip preprocess, encode_image, one image at a time."""
+    import open_clip
+    import torch
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+    model.eval()
+
+    def run() -> None:
+        with torch.inference_mode():
+            for path in paths:
+                with Image.open(path) as img:
+                    model.encode_image(preprocess(img.convert("RGB")).unsqueeze(0))
+
+    run_one = paths[:1]
+    with torch.inference_mode():  # warm-up, not timed
+        model.encode_image(preprocess(Image.open(run_one[0]).convert("RGB")).unsqueeze(0))
+    return len(paths) / seconds(run)
+
+
+def model_ceiling(model: Any, image_size: int, batch_sizes: Sequence[int] = (8, 16, 32, 64)) -> tuple[float, int]:
+    """(images/s, batch size) of encode_image alone on ready 224x224 tensors, at the best batch size."""
+    import torch
+
+    best = (0.0, 0)
+    with torch.inference_mode():
+        for bs in batch_sizes:
+            x = torch.randn(bs, 3, image_size, image_size)
+            model.encode_image(x)  # warm-up
+            reps = max(1, 64 // bs)
+            t = best_of(lambda x=x, reps=reps: seconds(lambda: [model.encode_image(x) for _ in range(reps)]))
+            best = max(best, (bs * reps / t, bs))
+    return best
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- the scan, end to end ----------------------------------------------------------------------
+
+MODEL = "ViT-B-32"
+# The shipped CLIP policies (the opennsfw and hash-list ones would time other models and files).
+POLICIES = ("nsfw.yaml", "violence.yaml", "tags.yaml")
+
+
+def scan_settings(db: Path, precision: str = "fp32", **overrides: Any) -> Any:
+    from moderator.settings import SHIPPED_POLICIES, Settings
+
+    return Settings(
+        database_url=f"sqlite:///{db}", model=MODEL, pretrained="none", device="cpu", precision=precision,
+        policies=[SHIPPED_POLICIES / p for p in POLICIES], **overrides,
+    )
+
+
+def scan_once(target: Path, db: Path, precision: str = "fp32", **overrides: Any) -> tuple[float, Any]:
+    """(seconds, summary) of one scan into a fresh store; model loading and policy compiling not timed."""
+    from moderator.pipeline import Pipeline
+    from moderator.store import Store
+
+    db.unlink(missing_ok=True)
+    settings = scan_settings(db, precision, **overrides)
+    store = Store(settings.database_url)
+    try:
+        pipeline = Pipeline(settings, store)
+        start = time.perf_counter()
+        summary = pipeline.scan_targets([str(target)])
+        elapsed = time.perf_counter() - start
+    finally:
+        store.close()
+    if summary.scanned == 0 or summary.errors:
+        raise RuntimeError(f"benchmark scan went wrong: {summary.as_dict()}")
+    return elapsed, summary
+
+
+def scan_rate(
+    small: Path, large: Path, n: int, work: Path, precision: str = "fp32", **overrides: Any
+) -> tuple[float, Any]:
+    """Images/s in the steady state: n more images (large holds 2n, small n) over the extra time they take.
+
+    Timing N and 2N images cancels what a scan pays once (the first batch's decode before
+    the model has work, the last batch's store after it).
+    """
+    t_small, _ = scan_once(small, work / "small.db", precision, **overrides)
+    t_large, summary = scan_once(large, work / "large.db", precision, **overrides)
+    return n / max(t_large - t_small, 1e-9), summary
+
+
+def profile(summary: Any) -> dict[str, float]:
+    """The pipeline's stage timer folded into the profile columns (seconds of work, summed over threads)."""
+    s = summary.stage_seconds
+    return {
+        "source": s.get("source", 0.0) + s.get("read", 0.0),
+        "decode": s.get("decode", 0.0),
+        "preprocess": s.get("preprocess", 0.0),
+        "model": s.get("embed", 0.0),
+        "score": s.get("score", 0.0),
+        "database": s.get("lookup", 0.0) + s.get("store", 0.0) + s.get("store_embeddings", 0.0),
+        "wall": summary.seconds,
+    }

@@ -1,0 +1,97 @@
+"""`moderator export`: JSONL, CSV and typed Parquet, with filters; rows match what was stored."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from moderator.cli import app
+from moderator.pipeline import Pipeline
+from moderator.settings import Settings
+from moderator.store import Store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def scanned(tiny_settings: Settings, store: Store, photo_dir: Path) -> Settings:
+    (photo_dir / "broken.jpg").write_bytes(b"not an image")
+    Pipeline(tiny_settings, store).scan_targets([str(photo_dir)])
+    return tiny_settings
+
+
+def export(settings: Settings, *args: str) -> str:
+    result = runner.invoke(app, ["export", "--database-url", settings.database_url, *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def jsonl(settings: Settings, *args: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in export(settings, "--format", "jsonl", *args).splitlines()]
+
+
+def test_jsonl_and_csv_hold_every_item(scanned: Settings) -> None:
+    rows = jsonl(scanned)
+    assert len(rows) == 7
+    broken = next(r for r in rows if str(r["uri"]).endswith("broken.jpg"))
+    assert broken["status"] == "error" and broken["error"] and broken["decision"] is None
+    table = list(csv.DictReader(io.StringIO(export(scanned, "--format", "csv"))))
+    assert [r["uri"] for r in table] == [r["uri"] for r in rows]
+    assert json.loads(table[0]["scores"]) == rows[0]["scores"]
+
+
+def test_parquet_has_typed_columns_matching_the_store(scanned: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "items.parquet"
+    export(scanned, "--format", "parquet", "--out", str(out))
+    table = pq.read_table(out)
+    schema = table.schema
+    assert schema.field("tags").type == pa.list_(pa.string())
+    assert schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
+    score_columns = [n for n in schema.names if n.startswith("score.")]
+    assert {n.split(".")[1] for n in score_columns} == {"nsfw", "tags"}
+    assert all(schema.field(n).type == pa.float64() for n in score_columns)
+
+    by_uri = {r["uri"]: r for r in jsonl(scanned)}
+    assert table.num_rows == len(by_uri)
+    for record in table.to_pylist():
+        expected = by_uri[record["uri"]]
+        assert record["tags"] == expected["tags"] and record["status"] == expected["status"]
+        for policy, scores in expected["scores"].items():  # type: ignore[union-attr]
+            assert record[f"version.{policy}"] == expected["policy_versions"][policy]  # type: ignore[index]
+            for name, score in scores.items():
+                assert record[f"score.{policy}.{name}"] == score
+        if expected["status"] == "error":
+            assert all(record[n] is None for n in score_columns)
+
+
+def test_filters_select_matching_items(scanned: Settings, photo_dir: Path) -> None:
+    rows = jsonl(scanned)
+    tag = next(t for r in rows for t in r["tags"])  # type: ignore[attr-defined]
+    tagged = jsonl(scanned, "--tag", tag)
+    assert tagged and all(tag in r["tags"] for r in tagged)  # type: ignore[operator]
+    assert len(tagged) == sum(tag in r["tags"] for r in rows)  # type: ignore[operator]
+
+    decision = next(str(r["decision"]) for r in rows if r["decision"])
+    assert {r["decision"] for r in jsonl(scanned, "--decision", decision)} == {decision}
+    assert len(jsonl(scanned, "--status", "error")) == 1
+    assert len(jsonl(scanned, "--prefix", str((photo_dir / "nested").resolve()))) == 2
+    assert len(jsonl(scanned, "--policy", "nsfw")) == 6  # the broken file has no result
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="seconds").replace("+00:00", "")
+    assert jsonl(scanned, "--since", later) == []
+    assert len(jsonl(scanned, "--until", later)) == 7
+
+
+def test_parquet_needs_a_file_and_formats_are_checked(scanned: Settings) -> None:
+    for args, says in (
+        (["--format", "parquet"], "--out"), (["--format", "xml"], "parquet"), (["--decision", "maybe"], "--decision")
+    ):
+        result = runner.invoke(app, ["export", "--database-url", scanned.database_url, *args])
+        assert result.exit_code == 2 and says in result.output

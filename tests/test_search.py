@@ -1,0 +1,74 @@
+"""Search over stored embeddings: exact cosine with known vectors; the API route."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from moderator.search import SearchIndex, top_k
+from moderator.settings import Settings
+from moderator.store import Store
+from moderator.store.bulk import load_embedding_matrix
+from tests.lifecycle import MODEL_ID, axis, seed, sha_of
+
+
+def test_top_k_is_exact_cosine_best_first(store: Store) -> None:
+    seed(store, {"x": axis(0), "xy": axis(0, 1), "y": axis(1), "z": axis(2)})
+    matrix = load_embedding_matrix(store, MODEL_ID)
+    found = top_k(matrix, axis(0) * 3.0, 3, chunk=2)  # any query length: it is normalised
+    got = [(matrix.shas[i], round(s, 3)) for i, s in found]
+    assert got == [
+        (sha_of("x"), 1.0),
+        (sha_of("xy"), round(1 / np.sqrt(2), 3)),
+        (sha_of("y") if sha_of("y") < sha_of("z") else sha_of("z"), 0.0),
+    ]
+
+
+def test_an_item_with_frames_scores_its_best_frame(store: Store) -> None:
+    seed(store, {"anim": np.stack([axis(2), axis(1)]), "still": axis(0, 1)})
+    index = SearchIndex(store, MODEL_ID)
+    hits = index.search(axis(1), 2)
+    assert [h.uris for h in hits] == [["anim"], ["still"]]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_index_reloads_when_embeddings_are_added_and_skips_orphans(store: Store) -> None:
+    seed(store, {"x": axis(0)})
+    index = SearchIndex(store, MODEL_ID)
+    assert [h.uris for h in index.search(axis(1), 5)] == [["x"]]
+    store.save_embeddings({"f" * 64: axis(1)[None]}, MODEL_ID)  # no item: an eval image, say
+    seed(store, {"y": axis(1)})
+    assert [h.uris for h in index.search(axis(1), 5)] == [["y"], ["x"]]
+
+
+def test_wrong_dimension_is_refused(store: Store) -> None:
+    seed(store, {"x": axis(0)})
+    with pytest.raises(ValueError, match="another model"):
+        SearchIndex(store, MODEL_ID).search(np.ones(3), 1)
+
+
+def test_api_more_like_this(tmp_path: Path) -> None:
+    from moderator.review import users
+    from moderator.review.app import create_app
+    from moderator.store.review_tables import Role
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store(url)
+    seed(store, {"x": axis(0), "near": axis(0, 1), "far": axis(2)})
+    with Session(store.engine) as db:
+        users.add_user(db, "rita", Role.REVIEWER, "a long password 123")
+        db.commit()
+    settings = Settings(database_url=url, model="test-tiny", pretrained="none", device="cpu")
+    client = TestClient(create_app(settings, store))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"rita:a long password 123").decode()}
+    assert client.get(f"/api/search?sha256={sha_of('x')}").status_code == 401
+    r = client.get(f"/api/search?sha256={sha_of('x')}&k=1", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == [{"sha256": sha_of("near"), "score": pytest.approx(1 / np.sqrt(2), abs=1e-3), "uris": ["near"]}]
+    assert client.get("/api/search?sha256=" + "0" * 64, headers=auth).status_code == 404
+    assert client.get("/api/search", headers=auth).status_code == 422
