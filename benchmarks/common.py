@@ -53,12 +53,13 @@ def make_photo(seed: int, size: tuple[int, int]) -> bytes:
 def photo_folder(n: int = 200) -> Path:
     """n JPEGs, large and small interleaved (any prefix has the same mix); made once, then cached."""
     folder = CACHE / f"photos-{n}-v1"
-    if not (folder / ".complete").exists():
+    complete = folder.with_suffix(".complete")  # beside the folder: the scan must not see it
+    if not complete.exists():
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             size = LARGE if i % 2 == 0 else SMALL
             (folder / f"{i:04d}.jpg").write_bytes(make_photo(i, size))
-        (folder / ".complete").write_text("")
+        complete.write_text("")
     return folder
 
 
@@ -118,7 +119,7 @@ def naive_rate(model_name: str, paths: Sequence[Path]) -> float:
     return len(paths) / seconds(run)
 
 
-def model_ceiling(model: Any, image_size: int, batch_sizes: Sequence[int] = (8, 16, 32, 64)) -> tuple[float, int]:
+def model_ceiling(model: Any, image_size: int, batch_sizes: Sequence[int] = (8, 16, 32)) -> tuple[float, int]:
     """(images/s, batch size) of encode_image alone on ready 224x224 tensors, at the best batch size."""
     import torch
 
@@ -127,7 +128,7 @@ def model_ceiling(model: Any, image_size: int, batch_sizes: Sequence[int] = (8, 
         for bs in batch_sizes:
             x = torch.randn(bs, 3, image_size, image_size)
             model.encode_image(x)  # warm-up
-            reps = max(1, 64 // bs)
+            reps = max(1, 32 // bs)
             t = best_of(lambda x=x, reps=reps: seconds(lambda: [model.encode_image(x) for _ in range(reps)]))
             best = max(best, (bs * reps / t, bs))
     return best
@@ -154,9 +155,10 @@ POLICIES = ("nsfw.yaml", "violence.yaml", "tags.yaml")
 def scan_settings(db: Path, precision: str = "fp32", **overrides: Any) -> Any:
     from moderator.settings import SHIPPED_POLICIES, Settings
 
+    defaults: dict[str, Any] = {"model": MODEL, "pretrained": "none", "device": "cpu"}
     return Settings(
-        database_url=f"sqlite:///{db}", model=MODEL, pretrained="none", device="cpu", precision=precision,
-        policies=[SHIPPED_POLICIES / p for p in POLICIES], **overrides,
+        database_url=f"sqlite:///{db}", precision=precision, policies=[SHIPPED_POLICIES / p for p in POLICIES],
+        **(defaults | overrides),
     )
 
 

@@ -4,22 +4,33 @@ Scores come from the policy's own scorer (so a plugin such as linear_probe works
 same), fed chunk by chunk from one float16 matrix of every stored embedding; each
 distinct sha256 is scored once however many items share it. Decisions are the
 vectorised form of decide.fire (most severe band reached, score >= threshold),
-checked against decide.decide in the tests.
+checked against decide.decide in the tests. Second opinions are applied as the
+pipeline applies them (decide.apply_second_opinions), judged against the other
+policies' stored results; a stored result of another policy is not revisited here.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from moderator.decide import DecisionRules
+from moderator.decide import DecisionRules, SecondOpinionRule, apply_second_opinions, second_opinion_rules
 from moderator.policy.compile import CompiledPolicy
 from moderator.scorers import ScorerInput, ScoringBatch
 from moderator.store import Store
-from moderator.store.bulk import EmbeddingMatrix, load_embedding_matrix, load_scored_items, save_results
+from moderator.store.bulk import (
+    EmbeddingMatrix,
+    gc_paused,
+    load_embedding_matrix,
+    load_scored_items,
+    save_results,
+    stored_results,
+)
+from moderator.store.result_json import EncodedResult, ResultEncoder, encode_result
 from moderator.types import Action, FiredClass, PolicyResult
 
 SCORE_CHUNK = 4096  # distinct embeddings per scorer call
@@ -88,18 +99,19 @@ def score_matrix(policy: CompiledPolicy, matrix: EmbeddingMatrix, *, chunk: int 
 
 def result_at(policy: CompiledPolicy, scored: MatrixScores, row: int) -> PolicyResult:
     """The PolicyResult of one row, as decide.decide would build it."""
+    return _result(
+        policy, scored.scores[row].tolist(), scored.severity[row].tolist(), scored.threshold[row].tolist(), scored.evidence[row]
+    )
+
+
+def _result(
+    policy: CompiledPolicy, values: list[float], severity: list[int], threshold: list[float], evidence: list[str]
+) -> PolicyResult:
     classes = policy.rules.classes
-    values = scored.scores[row].tolist()
-    sev = scored.severity[row]
     fired = tuple(
-        FiredClass(
-            name=classes[j],
-            action=ACTIONS[int(sev[j])],
-            score=values[j],
-            threshold=float(scored.threshold[row, j]),
-            evidence=scored.evidence[row][j],
-        )
-        for j in np.flatnonzero(sev).tolist()
+        FiredClass(name=classes[j], action=ACTIONS[sev], score=values[j], threshold=threshold[j], evidence=evidence[j])
+        for j, sev in enumerate(severity)
+        if sev
     )
     meta = policy.meta
     return PolicyResult(
@@ -109,8 +121,60 @@ def result_at(policy: CompiledPolicy, scored: MatrixScores, row: int) -> PolicyR
         model_id=meta.model_id,
         scores=dict(zip(classes, values, strict=True)),
         fired=fired,
-        action=ACTIONS[int(sev.max(initial=0))],
+        action=ACTIONS[max(severity, default=0)],
     )
+
+
+def encoded_rows(policy: CompiledPolicy, scored: MatrixScores, rows: np.ndarray) -> dict[int, EncodedResult]:
+    """Matrix row -> encode_result(result_at(policy, scored, row)), for each distinct row given."""
+    wanted = np.unique(rows)
+    values, severity = scored.scores[wanted].tolist(), scored.severity[wanted].tolist()
+    threshold = scored.threshold[wanted].tolist()
+    encoder = ResultEncoder(policy.rules.classes)
+    return {
+        row: encoder.encode(values[i], severity[i], threshold[i], scored.evidence[row])
+        for i, row in enumerate(wanted.tolist())
+    }
+
+
+def policy_rules(policy: CompiledPolicy, rules: Sequence[SecondOpinionRule] | None) -> list[SecondOpinionRule]:
+    """The second-opinion rules that can change this policy's results (its own, by default)."""
+    every = second_opinion_rules([policy.loaded.spec]) if rules is None else rules
+    return [r for r in every if r.policy == policy.name]
+
+
+def second_opinions(
+    store: Store, policy: CompiledPolicy, scored: MatrixScores, items: ItemRows, rules: Sequence[SecondOpinionRule]
+) -> dict[int, PolicyResult]:
+    """Item index -> its result after second opinions, for the items whose result they change.
+
+    Only items with a ruled class at its most severe action can change; for those, the
+    other policies' stored results are read and decide.apply_second_opinions decides.
+    """
+    if not rules or not items.ids:
+        return {}
+    column = {name: j for j, name in enumerate(policy.rules.classes)}
+    severity = scored.severity[items.row]
+    at_top = np.zeros(len(items.ids), dtype=bool)
+    for rule in rules:
+        at_top |= severity[:, column[rule.class_name]] == rule.top.severity
+    todo = np.flatnonzero(at_top).tolist()
+    others = stored_results(
+        store, {r.needs[0] for r in rules} - {policy.name}, [items.ids[i] for i in todo]
+    )
+    out: dict[int, PolicyResult] = {}
+    for i in todo:
+        result = result_at(policy, scored, int(items.row[i]))
+        (judged, *_) = apply_second_opinions([result, *others.get(items.ids[i], ())], rules)
+        if judged != result:
+            out[i] = judged
+    return out
+
+
+def severity_of(result: PolicyResult, classes: tuple[str, ...]) -> np.ndarray:
+    """int8 [C]: per class, the severity of its fired action (0 when it did not fire)."""
+    fired = {f.name: f.action.severity for f in result.fired}
+    return np.array([fired.get(c, 0) for c in classes], dtype=np.int8)
 
 
 @dataclass(frozen=True)
@@ -160,10 +224,30 @@ class RescoreSummary:
 
 
 def rescore(
-    store: Store, policy: CompiledPolicy, model_id: str, *, matrix: EmbeddingMatrix | None = None
+    store: Store,
+    policy: CompiledPolicy,
+    model_id: str,
+    *,
+    matrix: EmbeddingMatrix | None = None,
+    rules: Sequence[SecondOpinionRule] | None = None,
 ) -> RescoreSummary:
-    """Score every stored item with `policy` and store the results under its version."""
+    """Score every stored item with `policy` and store the results under its version.
+
+    `rules`: second-opinion rules in force (decide.second_opinion_rules of every policy
+    deployed); by default the policy's own. Only those of this policy apply here.
+    """
     check_rescorable(policy)
+    with gc_paused():
+        return _rescore(store, policy, model_id, matrix, rules)
+
+
+def _rescore(
+    store: Store,
+    policy: CompiledPolicy,
+    model_id: str,
+    matrix: EmbeddingMatrix | None,
+    rules: Sequence[SecondOpinionRule] | None,
+) -> RescoreSummary:
     summary = RescoreSummary(policy.name, policy.loaded.version, model_id)
     t0 = time.perf_counter()
     matrix = matrix if matrix is not None else load_embedding_matrix(store, model_id)
@@ -171,17 +255,16 @@ def rescore(
     t1 = time.perf_counter()
     scored = score_matrix(policy, matrix)
     t2 = time.perf_counter()
-    # One PolicyResult per distinct embedding, shared by the items with those bytes.
-    per_row: dict[int, PolicyResult] = {}
-    pairs: list[tuple[int, PolicyResult]] = []
-    for item_id, row in zip(items.ids, items.row.tolist(), strict=True):
-        result = per_row.get(row)
-        if result is None:
-            result = per_row[row] = result_at(policy, scored, row)
-        pairs.append((item_id, result))
-        summary.actions[result.action.value] += 1
+    # One encoded result per distinct embedding, shared by the items with those bytes,
+    # except where a second opinion changed an item's own.
+    judged = second_opinions(store, policy, scored, items, policy_rules(policy, rules))
+    per_row = encoded_rows(policy, scored, items.row)
+    pairs = [(item_id, per_row[row]) for item_id, row in zip(items.ids, items.row.tolist(), strict=True)]
+    for i, result in judged.items():
+        pairs[i] = (items.ids[i], encode_result(result))
+    summary.actions.update(encoded.action for _, encoded in pairs)
     t3 = time.perf_counter()
-    summary.decisions_changed = save_results(store, pairs)
+    summary.decisions_changed = save_results(store, policy.meta, pairs)
     summary.items, summary.missing = len(pairs), items.missing
     summary.seconds = {"load": t1 - t0, "score": t2 - t1, "results": t3 - t2, "write": time.perf_counter() - t3}
     return summary

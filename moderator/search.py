@@ -1,25 +1,29 @@
 """Search stored items by text or by example image: exact cosine similarity on stored embeddings.
 
-The index is the store's float16 matrix (store.bulk.load_embedding_matrix), kept in
-memory and compared with the query chunk by chunk (each chunk converted to float32
-for BLAS), so memory stays at the float16 matrix plus one chunk. Embeddings are unit
-length, so the dot product is the cosine. An item with several frames scores its
-best frame. No approximate index: exact search over 100k items is well under the
-200 ms goal (benchmarks/lifecycle_speed.py).
+The index is the store's matrix (store.bulk.load_embedding_matrix) converted once to
+float32 and kept in memory (2 KiB per frame at 512-d: 200 MiB for 100k items), so a
+query is one BLAS matrix-vector product; converting float16 per query cost more than
+the product itself. Embeddings are unit length, so the dot product is the cosine. An
+item with several frames scores its best frame. No approximate index: exact search
+over 100k items is under the 200 ms goal (benchmarks/lifecycle_speed.py). Text
+queries are encoded once per process per (model, text).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from moderator.settings import Settings
 from moderator.store import Store
-from moderator.store.bulk import EmbeddingMatrix, embedding_count, load_embedding_matrix, uris_by_sha
+from moderator.store.bulk import EmbeddingMatrix, embeddings_key, gc_paused, load_embedding_matrix, uris_by_sha
 
-CHUNK = 16384  # rows converted to float32 at a time (32 MiB at 512-d)
+CHUNK = 16384  # float16 rows converted to float32 at a time (32 MiB at 512-d)
+TEXT_CACHE = 1024  # text query embeddings kept per process
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,13 @@ def top_k(matrix: EmbeddingMatrix, query: np.ndarray, k: int, *, chunk: int = CH
             f"query has {q.shape[0]} dimensions, the stored embeddings {matrix.vectors.shape[1]}: another model"
         )
     q = q / max(float(np.linalg.norm(q)), 1e-12)
-    rows = matrix.vectors.shape[0]
-    sims = np.empty(rows, np.float32)
-    for start in range(0, rows, chunk):
-        sims[start : start + chunk] = matrix.vectors[start : start + chunk].astype(np.float32) @ q
+    if matrix.vectors.dtype == np.float32:
+        sims = matrix.vectors @ q
+    else:  # float16 as stored: converted chunk by chunk, so memory stays at one chunk
+        rows = matrix.vectors.shape[0]
+        sims = np.empty(rows, np.float32)
+        for start in range(0, rows, chunk):
+            sims[start : start + chunk] = matrix.vectors[start : start + chunk].astype(np.float32) @ q
     per_item = sims if matrix.single_frame else np.maximum.reduceat(sims, matrix.offsets[:-1])
     k = min(k, len(per_item))
     best = np.argpartition(-per_item, k - 1)[:k]
@@ -61,9 +68,13 @@ class SearchIndex:
 
     @property
     def matrix(self) -> EmbeddingMatrix:
-        key = embedding_count(self.store, self.model_id)
+        """The embeddings, float32 (loaded again when embeddings were added)."""
+        key = embeddings_key(self.store, self.model_id)
         if self._matrix is None or key != self._key:
-            self._matrix, self._key = load_embedding_matrix(self.store, self.model_id), key
+            with gc_paused():
+                loaded = load_embedding_matrix(self.store, self.model_id)
+                self._matrix = replace(loaded, vectors=loaded.vectors.astype(np.float32))
+            self._key = key
         return self._matrix
 
     def search(self, query: np.ndarray, k: int = 20, *, exclude: str | None = None) -> list[Hit]:
@@ -74,11 +85,28 @@ class SearchIndex:
         return [Hit(sha, round(score, 6), uris.get(sha, [])) for sha, score in hits]
 
 
-def text_query(settings: Settings, text: str) -> np.ndarray:
-    """The CLIP text embedding of `text` (raises ScorerUnavailable without weights)."""
-    from moderator.models.clip import get_clip_model
+_texts: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_texts_lock = threading.Lock()
 
+
+def text_query(settings: Settings, text: str) -> np.ndarray:
+    """The CLIP text embedding of `text` (raises ScorerUnavailable without weights), read-only.
+
+    Kept per process for the last TEXT_CACHE (model, text) pairs: a repeated query skips the encoder.
+    """
+    from moderator.models.clip import get_clip_model, model_id_for
+
+    key = (model_id_for(settings), text)
+    with _texts_lock:
+        if key in _texts:
+            _texts.move_to_end(key)
+            return _texts[key]
     vector: np.ndarray = get_clip_model(settings).encode_text([text])[0]
+    vector.flags.writeable = False
+    with _texts_lock:
+        _texts[key] = vector
+        while len(_texts) > TEXT_CACHE:
+            _texts.popitem(last=False)
     return vector
 
 

@@ -2,22 +2,36 @@
 
 Both versions are scored from stored embeddings (moderator.rescore): no image is
 read, no image model runs. When the edit leaves scoring alone (thresholds, actions,
-description), the scores are computed once. An item's decision is the most severe
-action over its other policies' stored results and this policy's (old or new).
+description), the scores are computed once. Each version's second opinions apply as
+in a scan, judged against the other policies' stored results. An item's decision is
+the most severe action over its other policies' stored results and this policy's
+(old or new).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from moderator.decide import SecondOpinionRule
 from moderator.policy.compile import CompiledPolicy
 from moderator.policy.schema import PolicySpec
-from moderator.rescore import ACTIONS, MatrixScores, fire_matrix, map_items, score_matrix
+from moderator.rescore import (
+    ACTIONS,
+    ItemRows,
+    MatrixScores,
+    fire_matrix,
+    map_items,
+    policy_rules,
+    score_matrix,
+    second_opinions,
+    severity_of,
+)
 from moderator.store import Store
-from moderator.store.bulk import EmbeddingMatrix, load_embedding_matrix, stored_actions
+from moderator.store.bulk import EmbeddingMatrix, gc_paused, load_embedding_matrix, stored_actions
 from moderator.types import Action
 
 TAG = Action.TAG.severity
@@ -87,6 +101,16 @@ def _fired(severity: np.ndarray, classes: tuple[str, ...], names: list[str]) -> 
     return out
 
 
+def item_severity(
+    store: Store, policy: CompiledPolicy, scored: MatrixScores, items: ItemRows, rules: Sequence[SecondOpinionRule] | None
+) -> np.ndarray:
+    """int8 [items, C]: per item and class, the fired action's severity after second opinions."""
+    severity = scored.severity[items.row]
+    for i, result in second_opinions(store, policy, scored, items, policy_rules(policy, rules)).items():
+        severity[i] = severity_of(result, policy.rules.classes)
+    return severity
+
+
 def diff_policies(
     store: Store,
     old: CompiledPolicy,
@@ -95,6 +119,21 @@ def diff_policies(
     *,
     sample: int = 10,
     matrix: EmbeddingMatrix | None = None,
+    rules: Sequence[SecondOpinionRule] | None = None,
+) -> PolicyDiff:
+    """`rules`: second-opinion rules in force besides the policies' own (as for rescore)."""
+    with gc_paused():
+        return _diff(store, old, new, model_id, sample, matrix, rules)
+
+
+def _diff(
+    store: Store,
+    old: CompiledPolicy,
+    new: CompiledPolicy,
+    model_id: str,
+    sample: int,
+    matrix: EmbeddingMatrix | None,
+    rules: Sequence[SecondOpinionRule] | None,
 ) -> PolicyDiff:
     result = PolicyDiff(old.name, new.name, old.loaded.version, new.loaded.version, model_id)
     matrix = matrix if matrix is not None else load_embedding_matrix(store, model_id)
@@ -112,12 +151,12 @@ def diff_policies(
 
     rows = items.row
     names = list(dict.fromkeys([*old.rules.classes, *new.rules.classes]))
-    sev_old = _fired(old_scored.severity[rows], old.rules.classes, names)
-    sev_new = _fired(new_scored.severity[rows], new.rules.classes, names)
-    act_old, act_new = old_scored.action[rows], new_scored.action[rows]
+    sev_old = _fired(item_severity(store, old, old_scored, items, rules), old.rules.classes, names)
+    sev_new = _fired(item_severity(store, new, new_scored, items, rules), new.rules.classes, names)
+    act_old, act_new = sev_old.max(axis=1, initial=0), sev_new.max(axis=1, initial=0)
 
     others = stored_actions(store, leave_out={old.name, new.name})
-    other = np.array([max((a.severity for a in others.get(i, ())), default=0) for i in items.ids], dtype=np.int8)
+    other = np.array([others.get(i, 0) for i in items.ids], dtype=np.int8)
     dec_old, dec_new = np.maximum(other, act_old), np.maximum(other, act_new)
 
     moved = dec_old != dec_new

@@ -1,25 +1,46 @@
 """Whole-store reads and writes for re-scoring, policy diffs and search.
 
-These touch every stored item, so they avoid per-row work: embeddings come back
-in one query as one float16 matrix (the blobs joined, then one np.frombuffer),
-and re-scored results are written in chunks, one executemany per table each.
+These touch every stored item, so they avoid per-row work: plain DBAPI rows (no
+ORM objects, no per-row type processing), embeddings back in one query as one
+float16 matrix (the blobs joined, then one np.frombuffer), re-scored results
+written by one executemany of tuples whose JSON is encoded exactly as
+Store.save_items encodes it, and decisions refreshed by one UPDATE statement.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, case, func, select, update
 
-from moderator.store.repository import VECTOR_DTYPE, Store, _chunks, _result_row, _table
+from moderator.store.repository import VECTOR_DTYPE, Store, _chunks, _table
+from moderator.store.result_json import EncodedResult
 from moderator.store.tables import Embedding, Item, Result, utcnow
-from moderator.types import Action, ItemStatus, PolicyResult, most_severe
+from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
 
-WRITE_CHUNK = 5000  # items per transaction when writing results
+if TYPE_CHECKING:
+    from moderator.decide import PolicyMeta
+
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: bulk work allocates ~10^5 small containers, each
+    allocation burst triggering a collection that walks all of them (measured: ~40% of a
+    100k-item rescore). What they free goes by reference counting as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -28,7 +49,7 @@ class EmbeddingMatrix:
 
     model_id: str
     shas: list[str]
-    vectors: np.ndarray  # float16 [frames in total, d]
+    vectors: np.ndarray  # float16 [frames in total, d] as loaded (search keeps a float32 copy)
     offsets: np.ndarray  # int64 [len(shas) + 1]
 
     def __len__(self) -> int:
@@ -46,8 +67,15 @@ class EmbeddingMatrix:
         """Float32 [frames, d] of shas[start:stop] (views into one converted block)."""
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
         block = self.vectors[lo:hi].astype(np.float32)
+        if hi - lo == stop - start:  # one frame each: row views, much cheaper than np.split
+            return list(block.reshape(stop - start, 1, block.shape[1]))
         cuts = (self.offsets[start + 1 : stop] - lo).tolist()
         return np.split(block, cuts) if cuts else [block]
+
+
+def _sql(conn: Connection, statement: str) -> str:
+    """A statement written with ? placeholders, in the driver's own paramstyle."""
+    return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
 
 
 def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
@@ -55,24 +83,24 @@ def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
 
     Embeddings no scored item refers to (an eval set's images, deleted items) are left out.
     """
-    scored = select(Item.sha256).where(Item.status == ItemStatus.OK, Item.sha256.is_not(None))
-    stmt = (
-        select(Embedding.sha256, Embedding.frames, Embedding.dim, Embedding.vector)
-        .where(Embedding.model_id == model_id, Embedding.sha256.in_(scored))
-        .order_by(Embedding.sha256)
+    query = (
+        "SELECT sha256, frames, dim, vector FROM embeddings WHERE model_id = ? AND sha256 IN "
+        "(SELECT sha256 FROM items WHERE status = ? AND sha256 IS NOT NULL) ORDER BY sha256"
     )
     with store.session() as s:
-        rows = s.connection().execute(stmt).all()
+        conn = s.connection()
+        rows = conn.exec_driver_sql(_sql(conn, query), (model_id, ItemStatus.OK.value)).all()
     if not rows:
         return EmbeddingMatrix(model_id, [], np.zeros((0, 0), np.float16), np.zeros(1, np.int64))
-    dims = {row.dim for row in rows}
+    shas, frame_counts, dim_values, blobs = zip(*rows, strict=True)
+    dims = set(dim_values)
     if len(dims) != 1:
         raise ValueError(f"embeddings of {model_id!r} have several dimensions {sorted(dims)}: the store is corrupt")
-    frames = np.fromiter((row.frames for row in rows), dtype=np.int64, count=len(rows))
+    frames = np.fromiter(frame_counts, dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(frames)])
-    flat = np.frombuffer(b"".join(row.vector for row in rows), dtype=VECTOR_DTYPE)
+    flat = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE)
     vectors = flat.reshape(int(offsets[-1]), dims.pop()).astype(np.float16, copy=False)
-    return EmbeddingMatrix(model_id, [row.sha256 for row in rows], vectors, offsets)
+    return EmbeddingMatrix(model_id, list(shas), vectors, offsets)
 
 
 @dataclass(frozen=True)
@@ -85,92 +113,114 @@ class StoredItems:
 
 
 def load_scored_items(store: Store) -> StoredItems:
-    stmt = (
-        select(Item.id, Item.uri, Item.sha256)
-        .where(Item.status == ItemStatus.OK, Item.sha256.is_not(None))
-        .order_by(Item.id)
-    )
+    query = "SELECT id, uri, sha256 FROM items WHERE status = ? AND sha256 IS NOT NULL ORDER BY id"
     with store.session() as s:
-        rows = s.connection().execute(stmt).all()
-    return StoredItems([r.id for r in rows], [r.uri for r in rows], [r.sha256 for r in rows])
+        conn = s.connection()
+        rows = conn.exec_driver_sql(_sql(conn, query), (ItemStatus.OK.value,)).all()
+    if not rows:
+        return StoredItems([], [], [])
+    ids, uris, shas = zip(*rows, strict=True)
+    return StoredItems(list(ids), list(uris), list(shas))
 
 
-def stored_actions(store: Store, leave_out: Iterable[str] = ()) -> dict[int, list[Action]]:
-    """item id -> the actions of its stored results, except those of the policies left out."""
+def stored_actions(store: Store, leave_out: Iterable[str] = ()) -> dict[int, int]:
+    """item id -> the most severe action (as severity) of its stored results, except those of
+    the policies left out; items with no such result are left out."""
     skip = list(leave_out)
-    stmt = select(Result.item_id, Result.action)
+    stmt = select(Result.item_id, func.max(_severity(Result.action))).group_by(Result.item_id)
     if skip:
         stmt = stmt.where(Result.policy.not_in(skip))
-    out: dict[int, list[Action]] = defaultdict(list)
     with store.session() as s:
-        for item_id, action in s.connection().execute(stmt):
-            out[item_id].append(Action(action))
-    return out
+        return {int(item_id): int(sev) for item_id, sev in s.connection().execute(stmt)}
 
 
-def stored_fired(store: Store, policies: Sequence[str]) -> dict[int, list[PolicyResult]]:
-    """item id -> stored results of these policies, with what fired (for second opinions)."""
-    from moderator.types import FiredClass
-
+def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int]) -> dict[int, list[PolicyResult]]:
+    """item id -> its stored results of these policies (for second opinions)."""
     out: dict[int, list[PolicyResult]] = defaultdict(list)
-    if not policies:
+    names = sorted(set(policies))
+    if not names:
         return out
-    stmt = select(Result).where(Result.policy.in_(list(policies)))
+    cols = (Result.item_id, Result.policy, Result.policy_version, Result.scorer, Result.model_id, Result.action)
     with store.session() as s:
-        for r in s.scalars(stmt):
-            fired = tuple(
-                FiredClass(f["name"], Action(f["action"]), f["score"], f["threshold"], f.get("evidence", ""))
-                for f in r.fired
+        conn = s.connection()
+        for chunk in _chunks(dict.fromkeys(item_ids)):
+            stmt = select(*cols, Result.scores, Result.fired).where(
+                Result.policy.in_(names), Result.item_id.in_(chunk)
             )
-            out[r.item_id].append(
-                PolicyResult(r.policy, r.policy_version, r.scorer, r.model_id, dict(r.scores), fired, Action(r.action))
-            )
+            for item_id, policy, version, scorer, model_id, action, scores, fired in conn.execute(stmt):
+                found = tuple(
+                    FiredClass(f["name"], Action(f["action"]), f["score"], f["threshold"], f.get("evidence", ""))
+                    for f in fired
+                )
+                out[item_id].append(PolicyResult(policy, version, scorer, model_id, dict(scores), found, Action(action)))
     return out
 
 
-def save_results(store: Store, results: Sequence[tuple[int, PolicyResult]], *, chunk: int = WRITE_CHUNK) -> int:
-    """Upsert (item id, result) pairs and refresh those items' decisions; returns decisions changed.
+def _severity(action: Any) -> Any:
+    """SQL: the severity of an action column (0 for allow)."""
+    return case({a.value: a.severity for a in Action}, value=action, else_=0)
 
-    A decision is the most severe action over all the item's stored results, recomputed
-    inside the same transaction (another writer's results count too), and written only
-    where it changed.
+
+def save_results(store: Store, meta: PolicyMeta, rows: Sequence[tuple[int, EncodedResult]]) -> int:
+    """Upsert one policy's results, (item id, encoded result) pairs, and refresh decisions; returns
+    decisions changed. `meta` names the policy, its version, scorer and model.
+
+    One transaction. A decision is the most severe action over all the item's stored results,
+    recomputed in SQL inside the transaction (another writer's results count too) for the
+    scored items holding a result of this policy, and written only where it changed.
     """
-    upsert = store._insert(Result)
-    replaced = ("policy_version", "scorer", "model_id", "action", "scores", "fired", "tags", "created_at")
-    upsert = upsert.on_conflict_do_update(
-        index_elements=["item_id", "policy"], set_={c: upsert.excluded[c] for c in replaced}
-    )
-    items = _table(Item)
-    set_decision = update(items).where(items.c.id == bindparam("b_id")).values(decision=bindparam("b_decision"))
-    changed = 0
-    now = utcnow()
-    for part in _chunks(results, chunk):
-        ids = sorted({item_id for item_id, _ in part})
-        with store.session() as s:
-            conn = s.connection()
-            conn.execute(upsert, [_result_row(item_id, result, now) for item_id, result in part])
-            actions: dict[int, list[Action]] = defaultdict(list)
-            current: dict[int, Any] = {}
-            for id_chunk in _chunks(ids):
-                for item_id, action in conn.execute(
-                    select(Result.item_id, Result.action).where(Result.item_id.in_(id_chunk))
-                ):
-                    actions[item_id].append(Action(action))
-                for item_id, decision in conn.execute(select(Item.id, Item.decision).where(Item.id.in_(id_chunk))):
-                    current[item_id] = decision
-            rows = [{"b_id": i, "b_decision": new} for i in ids if (new := most_severe(actions[i])) != current.get(i)]
-            if rows:
-                conn.execute(set_decision, rows)
-            changed += len(rows)
-    return changed
-
-
-def embedding_count(store: Store, model_id: str) -> tuple[int, Any]:
-    """(count, newest created_at) of a model's embeddings: a cheap staleness key for cached indexes."""
-    stmt = select(func.count(), func.max(Embedding.created_at)).where(Embedding.model_id == model_id)
+    results = _table(Result)
+    columns = ("item_id", "policy", "policy_version", "scorer", "model_id", "action", "scores", "fired", "tags")
+    replaced = [*columns[2:], "created_at"]
     with store.session() as s:
-        n, newest = s.connection().execute(stmt).one()
-    return int(n), newest
+        conn = s.connection()
+        created = results.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        now = created(utcnow()) if created else utcnow()
+        json_slot = "CAST(? AS JSONB)" if conn.dialect.name == "postgresql" else "?"
+        slots = ", ".join(["?"] * 6 + [json_slot] * 3 + ["?"])
+        upsert = (
+            f"INSERT INTO {results.name} ({', '.join(columns)}, created_at) VALUES ({slots}) "
+            f"ON CONFLICT (item_id, policy) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in replaced)}"
+        )
+        head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
+        params = [(item_id, *head, *encoded, now) for item_id, encoded in rows]
+        if params:
+            conn.exec_driver_sql(_sql(conn, upsert), params)  # type: ignore[arg-type]
+        return _refresh_decisions(conn, meta.policy)
+
+
+def _refresh_decisions(conn: Connection, policy: str) -> int:
+    items = _table(Item)
+    decision = case({a.severity: a.value for a in Action}, value=func.max(_severity(Result.action)))
+    holders = select(Result.item_id).where(Result.policy == policy)
+    agg = (
+        select(Result.item_id.label("item_id"), decision.label("decision"))
+        .where(Result.item_id.in_(holders))
+        .group_by(Result.item_id)
+        .subquery()
+    )
+    stmt = (
+        update(items)
+        .where(items.c.id == agg.c.item_id, items.c.status == ItemStatus.OK, items.c.decision.is_distinct_from(agg.c.decision))
+        .values(decision=agg.c.decision)
+    )
+    return int(conn.execute(stmt).rowcount)
+
+
+def embeddings_key(store: Store, model_id: str) -> object:
+    """A cheap key that changes when embeddings are added, for cached indexes.
+
+    Embeddings are only ever inserted, so on SQLite the largest rowid is enough (one
+    index probe, where counting reads the whole table): it also moves when another
+    model's embeddings are added, which costs a reload, never a stale answer. Elsewhere:
+    (count, newest created_at) of the model's embeddings.
+    """
+    with store.session() as s:
+        conn = s.connection()
+        if conn.dialect.name == "sqlite":
+            return conn.exec_driver_sql("SELECT max(rowid) FROM embeddings").scalar()
+        stmt = select(func.count(), func.max(Embedding.created_at)).where(Embedding.model_id == model_id)
+        return tuple(conn.execute(stmt).one())
 
 
 def uris_by_sha(store: Store, shas: Iterable[str]) -> dict[str, list[str]]:
