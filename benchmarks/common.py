@@ -67,19 +67,6 @@ def photos(folder: Path, n: int | None = None) -> list[Path]:
     return sorted(folder.glob("*.jpg"))[:n]
 
 
-def subset_folder(folder: Path, n: int, dest: Path) -> Path:
-    """The first n photos as hard links (or copies) in a folder of their own."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in photos(folder, n):
-        target = dest / path.name
-        if not target.exists():
-            try:
-                os.link(path, target)
-            except OSError:
-                target.write_bytes(path.read_bytes())
-    return dest
-
-
 def tar_gz(paths: Sequence[Path], dest: Path) -> Path:
     if not dest.exists():
         with tarfile.open(dest, "w:gz", compresslevel=6) as tf:
@@ -88,7 +75,7 @@ def tar_gz(paths: Sequence[Path], dest: Path) -> Path:
     return dest
 
 
-def best_of(fn: Callable[[], float], repeat: int = 2) -> float:
+def best_of(fn: Callable[[], float], repeat: int = 3) -> float:
     """The best of `repeat` runs of fn() (seconds): the least disturbed by other load."""
     return min(fn() for _ in range(repeat))
 
@@ -163,36 +150,39 @@ def scan_settings(db: Path, precision: str = "fp32", **overrides: Any) -> Any:
 
 
 def scan_once(target: Path, db: Path, precision: str = "fp32", **overrides: Any) -> tuple[float, Any]:
-    """(seconds, summary) of one scan into a fresh store; model loading and policy compiling not timed."""
+    """(steady images/s, summary) of one scan into a fresh store.
+
+    Timed from the first stored batch to the end: model loading, policy compiling and
+    the pipeline's fill (the first batch's decode before the model has work) are left out.
+    """
     from moderator.pipeline import Pipeline
     from moderator.store import Store
 
     db.unlink(missing_ok=True)
     settings = scan_settings(db, precision, **overrides)
     store = Store(settings.database_url)
+    marks: list[tuple[float, int]] = []
+
+    def progress(n: int) -> None:
+        marks.append((time.perf_counter(), n))
+
     try:
-        pipeline = Pipeline(settings, store)
-        start = time.perf_counter()
-        summary = pipeline.scan_targets([str(target)])
-        elapsed = time.perf_counter() - start
+        summary = Pipeline(settings, store).scan_targets([str(target)], progress=progress)
+        end = time.perf_counter()
     finally:
         store.close()
     if summary.scanned == 0 or summary.errors:
         raise RuntimeError(f"benchmark scan went wrong: {summary.as_dict()}")
-    return elapsed, summary
+    first_done, first_n = marks[0]
+    return (sum(n for _, n in marks) - first_n) / max(end - first_done, 1e-9), summary
 
 
 def scan_rate(
-    small: Path, large: Path, n: int, work: Path, precision: str = "fp32", **overrides: Any
+    target: Path, work: Path, precision: str = "fp32", repeat: int = 2, **overrides: Any
 ) -> tuple[float, Any]:
-    """Images/s in the steady state: n more images (large holds 2n, small n) over the extra time they take.
-
-    Timing N and 2N images cancels what a scan pays once (the first batch's decode before
-    the model has work, the last batch's store after it).
-    """
-    t_small, _ = scan_once(small, work / "small.db", precision, **overrides)
-    t_large, summary = scan_once(large, work / "large.db", precision, **overrides)
-    return n / max(t_large - t_small, 1e-9), summary
+    """The best steady rate of `repeat` scans (the least disturbed by other load), and its summary."""
+    runs = [scan_once(target, work / "scan.db", precision, **overrides) for _ in range(repeat)]
+    return max(runs, key=lambda run: run[0])
 
 
 def profile(summary: Any) -> dict[str, float]:

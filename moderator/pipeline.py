@@ -154,7 +154,8 @@ class Pipeline:
         return summary
 
     def decode_workers(self) -> int:
-        """Decode threads: as many as cores (measured: more only fight the model's own threads)."""
+        """Decode threads: one per core. The model's own torch threads use the cores too; more decoders would
+        only queue behind them (the prefetch depth, not the thread count, is what hides decoding)."""
         return self.settings.decode_workers or max(2, os.cpu_count() or 1)
 
     def _embed(self, batch: list[PreparedItem]) -> None:

@@ -100,7 +100,11 @@ def score_matrix(policy: CompiledPolicy, matrix: EmbeddingMatrix, *, chunk: int 
 def result_at(policy: CompiledPolicy, scored: MatrixScores, row: int) -> PolicyResult:
     """The PolicyResult of one row, as decide.decide would build it."""
     return _result(
-        policy, scored.scores[row].tolist(), scored.severity[row].tolist(), scored.threshold[row].tolist(), scored.evidence[row]
+        policy,
+        scored.scores[row].tolist(),
+        scored.severity[row].tolist(),
+        scored.threshold[row].tolist(),
+        scored.evidence[row],
     )
 
 
@@ -159,9 +163,7 @@ def second_opinions(
     for rule in rules:
         at_top |= severity[:, column[rule.class_name]] == rule.top.severity
     todo = np.flatnonzero(at_top).tolist()
-    others = stored_results(
-        store, {r.needs[0] for r in rules} - {policy.name}, [items.ids[i] for i in todo]
-    )
+    others = stored_results(store, {r.needs[0] for r in rules} - {policy.name}, [items.ids[i] for i in todo])
     out: dict[int, PolicyResult] = {}
     for i in todo:
         result = result_at(policy, scored, int(items.row[i]))

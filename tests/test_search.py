@@ -72,3 +72,23 @@ def test_api_more_like_this(tmp_path: Path) -> None:
     assert r.json() == [{"sha256": sha_of("near"), "score": pytest.approx(1 / np.sqrt(2), abs=1e-3), "uris": ["near"]}]
     assert client.get("/api/search?sha256=" + "0" * 64, headers=auth).status_code == 404
     assert client.get("/api/search", headers=auth).status_code == 422
+
+
+def test_a_repeated_text_query_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderator.models import clip as clip_module
+    from moderator.search import text_query
+
+    calls: list[list[str]] = []
+
+    class Encoder:
+        def encode_text(self, texts: list[str]) -> np.ndarray:
+            calls.append(texts)
+            return np.stack([axis(len(t) % 8) for t in texts])
+
+    monkeypatch.setattr(clip_module, "get_clip_model", lambda settings: Encoder())
+    tiny = Settings(model="test-tiny", pretrained="none", device="cpu")
+    first = text_query(tiny, "a red car, cached")
+    assert np.array_equal(text_query(tiny, "a red car, cached"), first) and not first.flags.writeable
+    assert calls == [["a red car, cached"]]
+    text_query(tiny.model_copy(update={"model": "ViT-B-32"}), "a red car, cached")  # another model: encoded again
+    assert len(calls) == 2

@@ -36,6 +36,7 @@ def rescore(
     seconds after a policy edit. Policies whose scorer reads images or bytes (open_nsfw,
     hash lists) cannot be re-scored this way: scan again for those.
     """
+    from moderator.decide import second_opinion_rules
     from moderator.models import model_id_for
     from moderator.policy.load import PolicyError, load_policies
     from moderator.rescore import rescore as run
@@ -51,13 +52,17 @@ def rescore(
     if not loaded:
         fail("no policy files found (give --policy FILE)")
     compiled = [compile_loaded(p, settings) for p in loaded]
+    rules = second_opinion_rules(p.loaded.spec for p in compiled)
+    # A policy another one needs for a second opinion goes first, so it is judged on new results.
+    needed = {r.needs[0] for r in rules}
+    compiled.sort(key=lambda p: p.name not in needed)
     store = open_store(settings)
     model_id = model_id_for(settings)
     matrix = load_embedding_matrix(store, model_id)  # loaded once for every policy
     failed = False
     for p in compiled:
         try:
-            summary = run(store, p, model_id, matrix=matrix)
+            summary = run(store, p, model_id, matrix=matrix, rules=rules)
         except ValueError as exc:
             console.print(f"[red]{p.name}: {exc}[/red]", highlight=False)
             failed = True

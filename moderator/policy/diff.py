@@ -102,7 +102,11 @@ def _fired(severity: np.ndarray, classes: tuple[str, ...], names: list[str]) -> 
 
 
 def item_severity(
-    store: Store, policy: CompiledPolicy, scored: MatrixScores, items: ItemRows, rules: Sequence[SecondOpinionRule] | None
+    store: Store,
+    policy: CompiledPolicy,
+    scored: MatrixScores,
+    items: ItemRows,
+    rules: Sequence[SecondOpinionRule] | None,
 ) -> np.ndarray:
     """int8 [items, C]: per item and class, the fired action's severity after second opinions."""
     severity = scored.severity[items.row]

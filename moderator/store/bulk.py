@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Connection, case, func, select, update
@@ -26,7 +26,6 @@ from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
 
 if TYPE_CHECKING:
     from moderator.decide import PolicyMeta
-
 
 
 @contextmanager
@@ -144,15 +143,15 @@ def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int
     with store.session() as s:
         conn = s.connection()
         for chunk in _chunks(dict.fromkeys(item_ids)):
-            stmt = select(*cols, Result.scores, Result.fired).where(
-                Result.policy.in_(names), Result.item_id.in_(chunk)
-            )
+            stmt = select(*cols, Result.scores, Result.fired).where(Result.policy.in_(names), Result.item_id.in_(chunk))
             for item_id, policy, version, scorer, model_id, action, scores, fired in conn.execute(stmt):
                 found = tuple(
                     FiredClass(f["name"], Action(f["action"]), f["score"], f["threshold"], f.get("evidence", ""))
                     for f in fired
                 )
-                out[item_id].append(PolicyResult(policy, version, scorer, model_id, dict(scores), found, Action(action)))
+                out[item_id].append(
+                    PolicyResult(policy, version, scorer, model_id, dict(scores), found, Action(action))
+                )
     return out
 
 
@@ -201,7 +200,11 @@ def _refresh_decisions(conn: Connection, policy: str) -> int:
     )
     stmt = (
         update(items)
-        .where(items.c.id == agg.c.item_id, items.c.status == ItemStatus.OK, items.c.decision.is_distinct_from(agg.c.decision))
+        .where(
+            items.c.id == agg.c.item_id,
+            items.c.status == ItemStatus.OK,
+            items.c.decision.is_distinct_from(agg.c.decision),
+        )
         .values(decision=agg.c.decision)
     )
     return int(conn.execute(stmt).rowcount)

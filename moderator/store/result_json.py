@@ -73,9 +73,7 @@ class ResultEncoder:
         fired = [j for j, sev in enumerate(severity) if sev]
         if not fired:
             return EncodedResult(_ALLOW, score_text, EMPTY, EMPTY)
-        parts = [
-            self._fired[j][severity[j]] % (scores[j], threshold[j], self._text(evidence[j])) for j in fired
-        ]
+        parts = [self._fired[j][severity[j]] % (scores[j], threshold[j], self._text(evidence[j])) for j in fired]
         tagged = tuple(j for j in fired if severity[j] == _TAG)
         tags = self._tags.get(tagged)
         if tags is None:

@@ -236,3 +236,20 @@ def test_frame_scores_are_bit_identical_whatever_the_batch_size() -> None:
         together, _ = frame_scores(frames, prompt_set, 100.0, mode)
         alone = np.concatenate([frame_scores(frames[i : i + 1], prompt_set, 100.0, mode)[0] for i in range(300)])
         assert np.array_equal(together, alone), mode
+
+
+def test_worst_frames_of_many_items_is_worst_frame_of_each() -> None:
+    from moderator.scorers.zero_shot import worst_frames
+
+    rng = np.random.default_rng(2)
+    counts = rng.integers(1, 5, 200)
+    starts = np.concatenate([[0], np.cumsum(counts[:-1])])
+    per_frame = rng.integers(0, 4, (int(counts.sum()), 6)) / 4  # many ties: the first frame must win
+    best = rng.integers(0, 30, per_frame.shape)
+    together = worst_frames(per_frame, best, starts)
+    for i, (start, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+        frame = per_frame[start : start + n].argmax(axis=0)  # numpy's argmax: the first maximum
+        cols = np.arange(6)
+        assert np.array_equal(together.frame[i], frame)
+        assert np.array_equal(together.scores[i], per_frame[start : start + n][frame, cols])
+        assert np.array_equal(together.prompt[i], best[start : start + n][frame, cols])
