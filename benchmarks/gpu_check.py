@@ -92,7 +92,8 @@ def main() -> None:
     frames = [decode_image(p.read_bytes(), max_pixels=89_478_485, draft_size=224).frames[0] for p in paths[:64]]
     pixels = fp16.preprocess_batch(frames)
     cos = (fp16.encode_images(pixels) * fp32.encode_images(pixels)).sum(axis=1)
-    print(f"\n{fp16.precision.value} vs fp32 image embeddings on 64 photos: min cosine {cos.min():.5f}, mean {cos.mean():.5f}")
+    label = f"{fp16.precision.value} vs fp32 image embeddings on 64 photos"
+    print(f"\n{label}: min cosine {cos.min():.5f}, mean {cos.mean():.5f}")
 
     workers = 2 * (os.cpu_count() or 1)
 
@@ -123,7 +124,9 @@ def main() -> None:
         bound = "the model"
     else:
         bound = "neither alone: pipeline overhead between stages"
-    print(f"\nscan {best:.1f} images/s vs decode-only {decode_rate:.1f} vs model ceiling {ceiling:.1f}: bound by {bound}")
+    print(
+        f"\nscan {best:.1f} images/s vs decode-only {decode_rate:.1f} vs model ceiling {ceiling:.1f}: bound by {bound}"
+    )
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

@@ -41,7 +41,9 @@ def test_rescan_is_idempotent_and_skips_unchanged(tiny_settings: Settings, store
     again = pipeline.scan_targets([str(photo_dir)])
     assert (again.scanned, again.unchanged) == (0, 6)
     assert store.counts() == before
-    forced = pipeline.scan([*__import__("moderator.sources", fromlist=["x"]).iter_targets([str(photo_dir)], tiny_settings)], force=True)
+    forced = pipeline.scan(
+        [*__import__("moderator.sources", fromlist=["x"]).iter_targets([str(photo_dir)], tiny_settings)], force=True
+    )
     assert forced.scanned == 6
     assert store.counts() == before  # forced rescans replace, never add
 
@@ -68,7 +70,9 @@ def test_touched_but_identical_file_is_not_rescored(tiny_settings: Settings, sto
     assert (again.scanned, again.unchanged) == (0, 6)  # read and hashed, but the same bytes
 
 
-def test_same_bytes_elsewhere_reuse_the_stored_embedding(tiny_settings: Settings, store: Store, photo_dir: Path) -> None:
+def test_same_bytes_elsewhere_reuse_the_stored_embedding(
+    tiny_settings: Settings, store: Store, photo_dir: Path
+) -> None:
     Pipeline(tiny_settings, store).scan_targets([str(photo_dir)])
     copies = photo_dir.parent / "copies"
     copies.mkdir()

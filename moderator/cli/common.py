@@ -27,10 +27,14 @@ PretrainedOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (env MODERATOR_DEVICE).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per model batch (env MODERATOR_BATCH_SIZE).")]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Images per model batch (env MODERATOR_BATCH_SIZE).")
+]
 PolicyOpt = Annotated[
     list[Path] | None,
-    typer.Option("--policy", "-p", help="Policy file or folder; repeatable (default: MODERATOR_POLICIES, the shipped set)."),
+    typer.Option(
+        "--policy", "-p", help="Policy file or folder; repeatable (default: MODERATOR_POLICIES, the shipped set)."
+    ),
 ]
 
 

@@ -21,8 +21,8 @@ import open_clip
 import torch
 from PIL import Image
 
-from moderator.scorers import ScorerUnavailable
 from moderator.models import model_id_for
+from moderator.scorers import ScorerUnavailable
 from moderator.settings import Device, Precision, Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

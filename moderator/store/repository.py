@@ -196,7 +196,9 @@ class Store:
         for item_id, action in conn.execute(select(Result.item_id, Result.action).where(Result.item_id.in_(item_ids))):
             actions[item_id].append(Action(action))
         rows = [{"b_id": i, "b_decision": most_severe(a)} for i, a in actions.items()]
-        stmt = update(_table(Item)).where(_table(Item).c.id == bindparam("b_id")).values(decision=bindparam("b_decision"))
+        stmt = (
+            update(_table(Item)).where(_table(Item).c.id == bindparam("b_id")).values(decision=bindparam("b_decision"))
+        )
         conn.execute(stmt, rows)
 
     def mark_deleted(self, uri: str, *, job_id: str | None = None) -> bool:
@@ -319,11 +321,7 @@ class Store:
         if not mapping:
             return
         table = _table(Item)
-        stmt = (
-            update(table)
-            .where(table.c.uri == bindparam("b_uri"))
-            .values(fingerprint=bindparam("b_fingerprint"))
-        )
+        stmt = update(table).where(table.c.uri == bindparam("b_uri")).values(fingerprint=bindparam("b_fingerprint"))
         with self.session() as s:
             s.connection().execute(stmt, [{"b_uri": u, "b_fingerprint": f} for u, f in mapping.items()])
 
