@@ -144,7 +144,9 @@ def scan_settings(db: Path, precision: str = "fp32", **overrides: Any) -> Any:
 
     defaults: dict[str, Any] = {"model": MODEL, "pretrained": "none", "device": "cpu"}
     return Settings(
-        database_url=f"sqlite:///{db}", precision=precision, policies=[SHIPPED_POLICIES / p for p in POLICIES],
+        database_url=f"sqlite:///{db}",
+        precision=precision,
+        policies=[SHIPPED_POLICIES / p for p in POLICIES],
         **(defaults | overrides),
     )
 

@@ -238,4 +238,3 @@ class Pipeline:
             else:
                 summary.errors += 1
                 summary.errors_by_reason[p.reason or "error"] += 1
-

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
@@ -52,9 +54,12 @@ class Settings(BaseSettings):
     precision: Precision = Field(Precision.AUTO, description="auto, fp32, fp16 or int8.")
     batch_size: int = Field(16, ge=1, le=4096, description="Images per model batch.")
     decode_workers: int = Field(0, ge=0, le=256, description="Threads decoding images; 0 picks from the CPU count.")
-    policies: list[Path] = Field(
+    policies: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [SHIPPED_POLICIES],
-        description=("Policy folders or files (the shipped policies/ by default)."),
+        description=(
+            "Policy folders or files (the shipped policies/ by default); in the environment one path, several"
+            " separated by ':' (os.pathsep), or a JSON list."
+        ),
     )
     max_image_pixels: int = Field(
         89_478_485,
@@ -203,6 +208,16 @@ class Settings(BaseSettings):
             "installed as entry points)."
         ),
     )
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
 
     def policy_paths(self) -> list[Path]:
         return list(self.policies)

@@ -65,7 +65,10 @@ def _scan_process(folder: Path, db: Path) -> subprocess.Popen[str]:
     code = "from moderator.cli import main; main()"
     return subprocess.Popen(
         [sys.executable, "-c", code, "scan", str(folder), "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -96,7 +99,10 @@ def test_interrupted_scan_process_resumes(sig: signal.Signals, tmp_path: Path) -
         assert proc.returncode == -signal.SIGKILL
 
     settings = Settings(
-        database_url=f"sqlite:///{db}", model="test-tiny", pretrained="none", device="cpu",
+        database_url=f"sqlite:///{db}",
+        model="test-tiny",
+        pretrained="none",
+        device="cpu",
         policies=[SHIPPED_POLICIES / "tags.yaml"],
     )
     store = Store(settings.database_url)

@@ -51,8 +51,13 @@ def export(
         fail("parquet is binary: give --out FILE")
     try:
         filters = ExportFilters(
-            decision=decision, status=status, tag=tag, policy=policy, uri_prefix=prefix,
-            updated_since=since, updated_until=until,
+            decision=decision,
+            status=status,
+            tag=tag,
+            policy=policy,
+            uri_prefix=prefix,
+            updated_since=since,
+            updated_until=until,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -79,8 +79,14 @@ def scan(
     from moderator.scorers import ScorerUnavailable
 
     settings = make_settings(
-        policies=policy, database_url=database_url, model=model, pretrained=pretrained, device=device,
-        batch_size=batch_size, precision=precision, decode_workers=decode_workers,
+        policies=policy,
+        database_url=database_url,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        decode_workers=decode_workers,
     )
     for p in paths:
         try:
@@ -140,9 +146,17 @@ def scan(
 @contextmanager
 def _progress_bar(show: bool) -> Iterator[tuple[Progress, TaskID]]:
     with Progress(
-        SpinnerColumn(), TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, disable=not show, transient=True,
+        SpinnerColumn(),
+        TextColumn("scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
     ) as bar:
         yield bar, bar.add_task("scan", total=None, rate=0.0)
 

@@ -91,7 +91,9 @@ def test_filters_select_matching_items(scanned: Settings, photo_dir: Path) -> No
 
 def test_parquet_needs_a_file_and_formats_are_checked(scanned: Settings) -> None:
     for args, says in (
-        (["--format", "parquet"], "--out"), (["--format", "xml"], "parquet"), (["--decision", "maybe"], "--decision")
+        (["--format", "parquet"], "--out"),
+        (["--format", "xml"], "parquet"),
+        (["--decision", "maybe"], "--decision"),
     ):
         result = runner.invoke(app, ["export", "--database-url", scanned.database_url, *args])
         assert result.exit_code == 2 and says in result.output

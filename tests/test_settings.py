@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from moderator.settings import SHIPPED_POLICIES, Settings
+
+
+def test_policies_from_the_environment_take_a_path_a_path_list_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODERATOR_POLICIES", "/p/nsfw.yaml")
+    assert Settings().policies == [Path("/p/nsfw.yaml")]
+    monkeypatch.setenv("MODERATOR_POLICIES", f"/p/a.yaml{os.pathsep}/p/b.yaml")
+    assert Settings().policies == [Path("/p/a.yaml"), Path("/p/b.yaml")]
+    monkeypatch.setenv("MODERATOR_POLICIES", '["/p/c.yaml"]')
+    assert Settings().policies == [Path("/p/c.yaml")]
+    monkeypatch.delenv("MODERATOR_POLICIES")
+    assert Settings().policies == [SHIPPED_POLICIES]
+
+
+def test_unknown_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        Settings.model_validate({"batchsize": 3})
+
+
+def test_bad_values_are_refused_with_the_field_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODERATOR_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="batch_size"):
+        Settings()
