@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="test-tiny")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--queue-batch-size", type=int, default=64, help="item references per queued task")
     args = parser.parse_args()
 
     from moderator.pipeline import Pipeline
@@ -77,7 +78,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "policies": [SHIPPED_POLICIES / "nsfw.yaml", SHIPPED_POLICIES / "tags.yaml"],
             "broker_url": f"redis://127.0.0.1:{port}/0",
-            "queue_batch_size": 64,
+            "queue_batch_size": args.queue_batch_size,
             "worker_metrics_port": 0,
         }
         local_settings = Settings(**base, database_url=f"sqlite:///{tmp / 'local.db'}")  # type: ignore[arg-type]

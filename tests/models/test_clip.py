@@ -88,3 +88,16 @@ def test_cuda_defaults_to_half_precision_and_agrees_with_cpu() -> None:
 def test_int8_embeddings_are_stored_apart_from_fp32() -> None:
     assert model_id_for(tiny(precision="int8")) == "test-tiny/none+int8"
     assert model_id_for(tiny(precision="fp32")) == model_id_for(tiny()) == "test-tiny/none"
+
+
+def test_batched_preprocessing_matches_open_clips_own_transform() -> None:
+    import torch
+    from PIL import Image
+
+    model = get_clip_model(tiny())
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((300, 500), (224, 224))]
+    reference = torch.stack([model.preprocess(im) for im in images])
+    fast = model.preprocess_batch(images)
+    assert fast.dtype == torch.uint8 and fast.shape == (2, 224, 224, 3)
+    assert np.allclose(model.encode_images(fast), model.encode_images(reference), atol=1e-5)
