@@ -134,7 +134,7 @@ def main() -> None:
     local_rate, queued_rate = n / local_s, n / queued_s
     print(
         f"model {args.model} (random weights) on {device}, {n} JPEGs 640x480, "
-        f"batch {args.batch_size}, cpus {os.cpu_count()}"
+        f"batch {args.batch_size}, queue batch {args.queue_batch_size}, cpus {os.cpu_count()}"
     )
     print(f"in-process scan : {local_rate:7.1f} img/s ({local_s:.2f} s)  stages {stages}")
     print(f"enqueue + worker: {queued_rate:7.1f} img/s ({queued_s:.2f} s, enqueue to job done)")
