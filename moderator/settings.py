@@ -166,6 +166,8 @@ class Settings(BaseSettings):
         le=10_000,
         description=(
             "Item references per queued task (each worker batch); keep one batch well under the task time limit."
+            " On GPU workers use 256 or more: a task pays a fixed start-up (measured on an H200: queued/in-process"
+            " 0.64 at 64, 0.90 at 256)."
         ),
     )
     visibility_timeout: int = Field(
