@@ -106,11 +106,6 @@ class Pipeline:
     def scan_targets(self, targets: list[str], **kwargs: object) -> ScanSummary:
         return self.scan(sources.iter_targets(targets, self.settings), **kwargs)  # type: ignore[arg-type]
 
-    def scan_uris(self, uris: list[str], **kwargs: object) -> ScanSummary:
-        """Workers: items by reference, each read by its source when its batch runs."""
-        items = (SourceItem(uri=u, read=partial(sources.read_uri, u, self.settings)) for u in uris)
-        return self.scan(items, **kwargs)  # type: ignore[arg-type]
-
     def scan(
         self,
         items: Iterable[SourceItem],

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from moderator.store.records import JobInfo
@@ -66,10 +66,23 @@ def update_job(
     _update(session, job_id, values)
 
 
-def add_job_counts(session: Session, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> None:
-    """Increment the counters in SQL: safe when several workers report on one job at once."""
+def advance_job(session: Session, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> None:
+    """Add counts and move the state on, in one statement (several workers report at once).
+
+    pending -> running when counts are added; -> done once done + errors + skipped reach a
+    known total. A failed job stays failed. With no counts, only the done check is made (the
+    enqueuer calls it after setting the total, in case the workers finished first).
+    """
+    counted = Job.done + done + Job.errors + errors + Job.skipped + skipped
+    active = Job.state.in_([JobState.PENDING, JobState.RUNNING])
+    started = JobState.RUNNING if done or errors or skipped else JobState.PENDING
+    state = case(
+        (active & Job.total.is_not(None) & (counted >= Job.total), JobState.DONE),
+        (Job.state == JobState.PENDING, started),
+        else_=Job.state,
+    )
     values = {"done": Job.done + done, "errors": Job.errors + errors, "skipped": Job.skipped + skipped}
-    _update(session, job_id, values)
+    _update(session, job_id, {**values, "state": state})
 
 
 def _update(session: Session, job_id: str, values: Mapping[str, Any]) -> None:

@@ -278,9 +278,14 @@ class Store:
                 s, job_id, state=state, total=total, done=done, errors=errors, skipped=skipped, message=message
             )
 
-    def add_job_counts(self, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> None:
+    def advance_job(self, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> JobInfo | None:
+        """Add counts and move the state on (see jobs.advance_job); the job as it is now, None if unknown."""
         with self.session() as s:
-            jobs.add_job_counts(s, job_id, done=done, errors=errors, skipped=skipped)
+            try:
+                jobs.advance_job(s, job_id, done=done, errors=errors, skipped=skipped)
+            except KeyError:
+                return None
+            return jobs.get_job(s, job_id)
 
     def get_job(self, job_id: str) -> JobInfo | None:
         with self.session() as s:
@@ -311,7 +316,7 @@ class Store:
                 by_decision={str(decision): n for decision, n in by_decision},
             )
 
-    # -- added for the scan pipeline (issue 7) -------------------------------------------
+    # -- fingerprints --------------------------------------------------------------------
 
     def update_fingerprints(self, mapping: dict[str, str]) -> None:
         """Set the stored fingerprint of these uris (touched files whose bytes did not change).
@@ -324,28 +329,3 @@ class Store:
         stmt = update(table).where(table.c.uri == bindparam("b_uri")).values(fingerprint=bindparam("b_fingerprint"))
         with self.session() as s:
             s.connection().execute(stmt, [{"b_uri": u, "b_fingerprint": f} for u, f in mapping.items()])
-
-    # -- queue workers -----------------------------------------------------------------
-
-    def advance_job(self, job_id: str, *, done: int = 0, errors: int = 0, skipped: int = 0) -> JobInfo | None:
-        """Add counts and move the state on, in one statement (several workers report at once).
-
-        pending -> running when counts are added; -> done once done + errors + skipped reach a
-        known total. A failed job stays failed. With no counts, only the done check is made (the
-        enqueuer calls it after setting the total, in case the workers finished first).
-        """
-        from sqlalchemy import case
-
-        counted = Job.done + done + Job.errors + errors + Job.skipped + skipped
-        active = Job.state.in_([JobState.PENDING, JobState.RUNNING])
-        started = JobState.RUNNING if done or errors or skipped else JobState.PENDING
-        state = case(
-            (active & Job.total.is_not(None) & (counted >= Job.total), JobState.DONE),
-            (Job.state == JobState.PENDING, started),
-            else_=Job.state,
-        )
-        values = {"done": Job.done + done, "errors": Job.errors + errors, "skipped": Job.skipped + skipped}
-        stmt = update(Job).where(Job.id == job_id).values(**values, state=state, updated_at=utcnow())
-        with self.session() as s:
-            s.execute(stmt.execution_options(synchronize_session=False))
-            return jobs.get_job(s, job_id)

@@ -244,15 +244,15 @@ def test_jobs_track_state_and_counts(store: Store) -> None:
         0,
     )
 
-    store.update_job(job, state=JobState.RUNNING, total=10)
-    store.add_job_counts(job, done=3, errors=1)
-    store.add_job_counts(job, done=2, skipped=4)
+    store.update_job(job, state=JobState.RUNNING, total=20)
+    store.advance_job(job, done=3, errors=1)
+    store.advance_job(job, done=2, skipped=4)
     store.update_job(job, message="halfway")
     info = store.get_job(job)
     assert info is not None
     assert (info.state, info.total, info.done, info.errors, info.skipped, info.message) == (
         JobState.RUNNING,
-        10,
+        20,
         5,
         1,
         4,
