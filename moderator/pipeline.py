@@ -71,6 +71,18 @@ class ScanSummary:
         }
 
 
+def allow_pixels_up_to(limit: int) -> None:
+    """Let Pillow open images up to the configured limit (decode refuses above it).
+
+    Pillow's bomb limit is a process global: it is raised here, once, before decode threads
+    start, and never lowered (decode_image checks the setting itself).
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 class Pipeline:
     """Policies compiled once, the model loaded once (lazily); then any number of scans."""
 
@@ -98,6 +110,7 @@ class Pipeline:
         self.second_opinion_rules = second_opinion_rules(p.loaded.spec for p in self.policies)
         self.clip = load_clip(settings) if self.needs_embeddings else None
         self.timer = StageTimer()
+        allow_pixels_up_to(settings.max_image_pixels)
 
     @property
     def random_weights(self) -> bool:

@@ -136,3 +136,22 @@ def test_results_from_another_model_are_not_current(tiny_settings: Settings, sto
     pipeline = Pipeline(tiny_settings, store)
     pipeline.policy_models = {name: "ViT-B-32/laion2b_s34b_b79k" for name in pipeline.policy_models}
     assert pipeline.scan_targets([str(photo_dir)]).scanned == 6
+
+
+def test_a_raised_pixel_limit_lets_larger_images_through(
+    tiny_settings: Settings, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from tests.hostile import huge_header_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "100mp-header.png").write_bytes(huge_header_png(10_000))  # 100 MP header, no pixel data
+    default = Pipeline(tiny_settings, store).scan_targets([str(folder)])
+    assert default.errors_by_reason == {"too_many_pixels": 1}
+    raised = tiny_settings.model_copy(update={"max_image_pixels": 200_000_000})
+    again = Pipeline(raised, store).scan_targets([str(folder)], force=True)
+    assert "too_many_pixels" not in again.errors_by_reason  # past the limit check, it fails as truncated
+    assert again.errors == 1

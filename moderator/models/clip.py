@@ -157,7 +157,9 @@ def _load(settings: Settings, device: str, precision: Precision) -> ClipModel:
         logging.disable(logging.NOTSET)
     model.eval()
     if precision is Precision.INT8:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # Only the image tower: it runs per image; the text tower runs once per policy and
+        # open_clip's text path reads its weights' dtype, which quantised layers do not have.
+        model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
     size = model.visual.image_size
     return ClipModel(
         model_id=model_id_for(settings),

@@ -35,6 +35,29 @@ def test_int8_embeddings_are_close_to_fp32() -> None:
     assert float(cosine.min()) > 0.99
 
 
+def test_int8_encodes_text_exactly_as_fp32_and_scans(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from moderator.pipeline import Pipeline
+    from moderator.settings import SHIPPED_POLICIES
+    from moderator.store import Store
+
+    texts = ["a photo of a cat", "a photo of a dog"]
+    assert np.array_equal(_model("fp32").encode_text(texts), _model("int8").encode_text(texts))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+    settings = Settings(
+        model="test-tiny",
+        pretrained="none",
+        device="cpu",
+        precision="int8",
+        database_url=f"sqlite:///{tmp_path / 'store.db'}",
+        policies=[SHIPPED_POLICIES / "tags.yaml"],
+    )
+    summary = Pipeline(settings, Store(settings.database_url)).scan_targets([str(folder)])
+    assert (summary.scanned, summary.errors) == (3, 0)
+
+
 def test_int8_is_a_cpu_mode() -> None:
     with pytest.raises(ScorerUnavailable, match="int8"):
         pick_precision(Precision.INT8, "cuda")
