@@ -23,7 +23,7 @@ PretrainedOpt = Annotated[
     typer.Option(
         "--pretrained",
         help="open_clip pretrained tag, checkpoint path, hf-hub:ORG/NAME, or 'none' (random weights: benchmarks only) "
-        "[env: MODERATOR_PRETRAINED].",
+        "(env MODERATOR_PRETRAINED).",
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (env MODERATOR_DEVICE).")]

@@ -49,10 +49,10 @@ def scan(
     batch_size: BatchOpt = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="auto, fp32, fp16 (CUDA) or int8 (CPU, dynamic quantisation) [env: MODERATOR_PRECISION]."),
+        typer.Option(help="auto, fp32, fp16 (CUDA) or int8 (CPU, dynamic quantisation) (env MODERATOR_PRECISION)."),
     ] = None,
     decode_workers: Annotated[
-        int | None, typer.Option(help="Decoding threads; 0 picks from the CPU count [env: MODERATOR_DECODE_WORKERS].")
+        int | None, typer.Option(help="Decoding threads; 0 picks from the CPU count (env MODERATOR_DECODE_WORKERS).")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-score items even when stored results are current.")
