@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from moderator import plugins
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from moderator.settings import Settings
 
 GROUP = "moderator.scorers"
+Options = TypeVar("Options", bound=BaseModel)
 
 
 class ScorerInput(StrEnum):
@@ -94,3 +96,13 @@ class Scorer(Protocol):
 def get_scorer(name: str) -> Scorer:
     scorer: Scorer = plugins.get(GROUP, name)
     return scorer
+
+
+def parse_options(model: type[Options], options: dict[str, Any], hint: str = "") -> Options:
+    """A scorer's policy `options`, validated; the ValueError names the field (compile_policy locates it)."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(map(str, err["loc"]))
+        raise ValueError(f"options.{field}: {err['msg']}" + (f" ({hint})" if hint else "")) from None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from moderator.hashlists import (
     PHASH_BITS,
@@ -40,7 +40,7 @@ from moderator.hashlists import (
     phash_array,
     phash_hex,
 )
-from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch
+from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch, parse_options
 
 if TYPE_CHECKING:
     from moderator.policy.schema import PolicySpec
@@ -109,10 +109,7 @@ class HashListPlugin:
     input = ScorerInput.BYTES  # per policy: see the compiled scorer's input (exact: BYTES, perceptual: IMAGE)
 
     def compile(self, spec: PolicySpec, ctx: ScorerContext) -> ExactHashScorer | PerceptualHashScorer:
-        try:
-            opts = HashListOptions.model_validate(spec.options)
-        except ValidationError as e:
-            raise ValueError(f"hashlist options: {e}") from e
+        opts = parse_options(HashListOptions, spec.options, "e.g. lists: [lists/known_bad.txt]")
         if len(spec.classes) != 1:
             n = len(spec.classes)
             raise ValueError(f"a hashlist policy has exactly one class (the one a match fires), got {n}")

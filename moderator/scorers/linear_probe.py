@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moderator.models import model_id_for
-from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch
+from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch, parse_options
 
 if TYPE_CHECKING:
     from moderator.policy.schema import PolicySpec
@@ -172,13 +172,7 @@ class LinearProbeScorer:
     input = ScorerInput.EMBEDDING
 
     def compile(self, spec: PolicySpec, ctx: ScorerContext) -> CompiledProbe:
-        try:
-            options = LinearProbeOptions.model_validate(spec.options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise ValueError(
-                f"options.{'.'.join(map(str, err['loc']))}: {err['msg']} (e.g. probe: NAME.safetensors)"
-            ) from None
+        options = parse_options(LinearProbeOptions, spec.options, "e.g. probe: NAME.safetensors")
         path = Path(options.probe).expanduser()
         if not path.is_absolute() and ctx.policy_file is not None:
             path = ctx.policy_file.parent / path

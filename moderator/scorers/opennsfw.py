@@ -24,9 +24,9 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScorerUnavailable, ScoringBatch
+from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScorerUnavailable, ScoringBatch, parse_options
 from moderator.settings import Device
 
 if TYPE_CHECKING:
@@ -124,10 +124,7 @@ class OpenNsfwPlugin:
     input = ScorerInput.IMAGE
 
     def compile(self, spec: PolicySpec, ctx: ScorerContext) -> OpenNsfwScorer:
-        try:
-            opts = OpenNsfwOptions.model_validate(spec.options)
-        except ValidationError as e:
-            raise ValueError(f"opennsfw options: {e}") from e
+        opts = parse_options(OpenNsfwOptions, spec.options)
         unknown = [c for c in spec.classes if c not in OUTPUTS]
         if unknown:
             raise ValueError(f"opennsfw classes must be named after the model's outputs {list(OUTPUTS)}, got {unknown}")
