@@ -22,9 +22,9 @@ from functools import partial
 from moderator import sources
 from moderator.decide import apply_second_opinions, item_decision, second_opinion_rules
 from moderator.models import load_clip, model_id_for
-from moderator.policy.compile import CompiledPolicy, compile_policy
+from moderator.engine.compile import CompiledPolicy, compile_policy
 from moderator.policy.load import LoadedPolicy, load_policies
-from moderator.prepare import PreparedItem, Preparer
+from moderator.engine.prepare import PreparedItem, Preparer
 from moderator.scorers import ScorerContext, ScorerInput, ScoringBatch
 from moderator.settings import Settings
 from moderator.stages import StageTimer, chunked, prefetch, same, timed

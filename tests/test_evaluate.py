@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderator.evaluate import (
+from moderator.engine.evaluate import (
     average_precision,
     evaluate_policy,
     evaluate_scores,
@@ -99,7 +99,7 @@ def test_prompt_variants_compare_on_the_same_classes(tmp_path: Path, monkeypatch
     embeddings = [axis(0)[None], axis(1)[None], axis(2)[None]]
     truth = ["cat", "dog", "other"]
     good = evaluate_policy(compiled(base.path, ctx), embeddings, truth)
-    from moderator.policy.compile import compile_policy
+    from moderator.engine.compile import compile_policy
 
     bad = evaluate_policy(compile_policy(variants["swapped"], ctx), embeddings, truth)  # type: ignore[arg-type]
     assert good.accuracy == 1.0 and bad.accuracy == pytest.approx(1 / 3)

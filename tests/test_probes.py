@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from moderator.policy.compile import CompiledPolicy, compile_policy
+from moderator.engine.compile import CompiledPolicy, compile_policy
 from moderator.policy.load import load_policy
-from moderator.probes import LabelledEmbeddings, data_hash, split, train_probe
-from moderator.probes_data import from_reviews
+from moderator.engine.probes import LabelledEmbeddings, data_hash, split, train_probe
+from moderator.engine.probes_data import from_reviews
 from moderator.scorers import ScorerContext, ScoringBatch
 from moderator.scorers.linear_probe import save_probe
 from moderator.store import Store

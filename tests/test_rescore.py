@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from moderator.decide import DecisionRules, PolicyMeta, decide
-from moderator.policy.compile import CompiledPolicy
+from moderator.engine.compile import CompiledPolicy
 from moderator.policy.schema import PolicySpec
-from moderator.rescore import fire_matrix, rescore
+from moderator.engine.rescore import fire_matrix, rescore
 from moderator.settings import SHIPPED_POLICIES, Settings
 from moderator.store import ExportFilters, Store
 from moderator.store.bulk import load_embedding_matrix
@@ -138,7 +138,7 @@ def test_items_sharing_bytes_share_one_result(tmp_path: Path, store: Store, monk
 def test_result_matches_what_the_pipeline_path_would_store(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moderator.rescore import result_at, score_matrix
+    from moderator.engine.rescore import result_at, score_matrix
 
     seed(store, {"mix": axis(0, 1), "cat": axis(0)})
     ctx, _ = context(tmp_path, monkeypatch)
@@ -170,7 +170,7 @@ def test_rescore_stores_what_a_scan_stored_for_the_same_embedding(
 
     from moderator.models.clip import get_clip_model, model_id_for
     from moderator.pipeline import Pipeline
-    from moderator.policy.compile import compile_policy
+    from moderator.engine.compile import compile_policy
     from moderator.policy.load import load_policy
     from moderator.scorers import ScorerContext
 
@@ -261,7 +261,7 @@ def test_rescore_applies_second_opinions_against_stored_results(
 
 
 def test_diff_applies_second_opinions(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    from moderator.policy.diff import diff_policies
+    from moderator.engine.diff import diff_policies
 
     seed(store, {"dog1": axis(1), "dog2": axis(1, 3)})
     ctx, _ = context(tmp_path, monkeypatch)

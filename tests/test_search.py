@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from moderator.search import SearchIndex, top_k
+from moderator.engine.search import SearchIndex, top_k
 from moderator.settings import Settings
 from moderator.store import Store
 from moderator.store.bulk import load_embedding_matrix
@@ -76,7 +76,7 @@ def test_api_more_like_this(tmp_path: Path) -> None:
 
 def test_a_repeated_text_query_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from moderator.models import clip as clip_module
-    from moderator.search import text_query
+    from moderator.engine.search import text_query
 
     calls: list[list[str]] = []
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 from moderator.cli.common import fail
 
 if TYPE_CHECKING:
-    from moderator.policy.compile import CompiledPolicy
+    from moderator.engine.compile import CompiledPolicy
     from moderator.policy.load import LoadedPolicy
     from moderator.settings import Settings
 
 
 def compile_loaded(loaded: LoadedPolicy, settings: Settings) -> CompiledPolicy:
     from moderator.models.clip import get_clip_model
-    from moderator.policy.compile import compile_policy
+    from moderator.engine.compile import compile_policy
     from moderator.policy.load import PolicyError
     from moderator.scorers import ScorerContext
     from moderator.types import PolicySkipped

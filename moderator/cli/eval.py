@@ -22,7 +22,7 @@ from moderator.cli.common import (
 from moderator.cli.compiling import compile_loaded, warn_random_weights
 
 if TYPE_CHECKING:
-    from moderator.evaluate import EvalReport
+    from moderator.engine.evaluate import EvalReport
 
 
 def _fmt(value: float | None) -> str:
@@ -56,8 +56,8 @@ def eval_(
     Labels must be class names of the policy. Image embeddings are stored and reused by content.
     """
     from moderator.datasets import DatasetError, load_dataset
-    from moderator.embed import embed_files
-    from moderator.evaluate import evaluate_policy, plot_pr_curves, write_json
+    from moderator.engine.embed import embed_files
+    from moderator.engine.evaluate import evaluate_policy, plot_pr_curves, write_json
     from moderator.policy.load import PolicyError, load_policy
     from moderator.policy.variants import load_variants
 

@@ -38,8 +38,8 @@ def listen(
     queue's dead-letter policy. AWS credentials, region and AWS_ENDPOINT_URL come from the
     standard AWS environment. Stop with Ctrl-C or SIGTERM.
     """
-    from moderator.sources.event_handler import QueueUnavailable, queue_submit
-    from moderator.sources.listen import listen_sqs
+    from moderator.s3events.handler import QueueUnavailable, queue_submit
+    from moderator.s3events.sqs import listen_sqs
 
     settings = make_settings(database_url=database_url, broker_url=broker_url)
     try:

@@ -41,7 +41,7 @@ def diff(
     embeddings come from the text cache). Nothing is written.
     """
     from moderator.models import model_id_for
-    from moderator.policy.diff import diff_policies
+    from moderator.engine.diff import diff_policies
 
     settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
     old_policy, new_policy = compile_file(old, settings), compile_file(new, settings)
@@ -107,7 +107,7 @@ def test(
 
     Nothing is stored. A class marked * fired; the evidence says which prompt matched best.
     """
-    from moderator.embed import embed_files
+    from moderator.engine.embed import embed_files
     from moderator.scorers import ScoringBatch
 
     settings = make_settings(model=model, pretrained=pretrained, device=device)

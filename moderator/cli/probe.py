@@ -21,7 +21,7 @@ from moderator.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from moderator.probes import LabelledEmbeddings
+    from moderator.engine.probes import LabelledEmbeddings
     from moderator.settings import Settings
     from moderator.store import Store
 
@@ -49,7 +49,7 @@ def train(
     Use it in a policy with `scorer: linear_probe` and `options: {probe: NAME.safetensors}`.
     """
     from moderator.models.clip import model_id_for
-    from moderator.probes import train_probe
+    from moderator.engine.probes import train_probe
     from moderator.scorers.linear_probe import save_probe
 
     if (data is None) == (from_reviews is None):
@@ -79,8 +79,8 @@ def train(
 
 def _from_dataset(path: Path, settings: Settings, store: Store) -> LabelledEmbeddings:
     from moderator.datasets import DatasetError, load_dataset
-    from moderator.embed import embed_files
-    from moderator.probes_data import from_dataset
+    from moderator.engine.embed import embed_files
+    from moderator.engine.probes_data import from_dataset
 
     try:
         dataset = load_dataset(path)
@@ -98,7 +98,7 @@ def _from_dataset(path: Path, settings: Settings, store: Store) -> LabelledEmbed
 
 def _from_reviews(policy: Path, store: Store, model_id: str) -> LabelledEmbeddings:
     from moderator.policy.load import PolicyError, load_policy
-    from moderator.probes_data import from_reviews
+    from moderator.engine.probes_data import from_reviews
 
     try:
         spec = load_policy(policy).spec

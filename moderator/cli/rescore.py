@@ -39,7 +39,7 @@ def rescore(
     from moderator.decide import second_opinion_rules
     from moderator.models import model_id_for
     from moderator.policy.load import PolicyError, load_policies
-    from moderator.rescore import rescore as run
+    from moderator.engine.rescore import rescore as run
     from moderator.store.bulk import load_embedding_matrix
 
     settings = make_settings(

@@ -76,7 +76,7 @@ def scan(
     from moderator import sources
     from moderator.pipeline import Pipeline
     from moderator.policy.load import PolicyError, load_policies
-    from moderator.scorers import ScorerUnavailable
+    from moderator.errors import ScorerUnavailable
 
     settings = make_settings(
         policies=policy,

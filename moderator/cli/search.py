@@ -27,8 +27,8 @@ def search(
 ) -> None:
     """Search stored items by text or by an example image (exact cosine similarity on their CLIP embeddings)."""
     from moderator.models.clip import model_id_for
-    from moderator.scorers import ScorerUnavailable
-    from moderator.search import SearchIndex, image_query, text_query
+    from moderator.errors import ScorerUnavailable
+    from moderator.engine.search import SearchIndex, image_query, text_query
 
     if (text is None) == (image is None):
         fail('give either a text query or --image FILE (e.g. moderator search "a red car")')

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from moderator.models import model_id_for
-from moderator.scorers import ScorerUnavailable
+from moderator.errors import ScorerUnavailable
 from moderator.settings import Device, Precision, Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

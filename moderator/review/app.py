@@ -90,7 +90,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 def _include_webhook(app: FastAPI) -> None:
     try:
-        from moderator.sources.webhook import router
+        from moderator.review.routes_hooks import router
     except ImportError:
         return
     app.include_router(router)

@@ -4,7 +4,7 @@
     GET  /api/search?sha256=HEX&k=20         "more like this": the item's own embedding, itself left out
     POST /api/search/image  (multipart file)  an example image
 
-Exact cosine over the stored embeddings of the configured model (moderator.search);
+Exact cosine over the stored embeddings of the configured model (moderator.engine.search);
 the index is kept per app and reloaded when new embeddings are stored.
 """
 
@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel
 
 from moderator.review.auth import CurrentUser, settings_of
-from moderator.search import Hit, SearchIndex
+from moderator.engine.search import Hit, SearchIndex
 
 router = APIRouter(prefix="/api", tags=["search"])
 TopK = Annotated[int, Query(ge=1, le=500, description="How many results.")]
@@ -51,8 +51,8 @@ def search(
     request: Request, principal: CurrentUser, q: str | None = None, sha256: str | None = None, k: TopK = 20
 ) -> list[HitOut]:
     """Items most similar to a text (q) or to a stored item (sha256), best first."""
-    from moderator.scorers import ScorerUnavailable
-    from moderator.search import item_query, text_query
+    from moderator.errors import ScorerUnavailable
+    from moderator.engine.search import item_query, text_query
 
     if (q is None) == (sha256 is None):
         raise HTTPException(422, "give exactly one of q or sha256")
@@ -76,8 +76,8 @@ async def search_image(request: Request, principal: CurrentUser, file: UploadFil
     """Items that look like an uploaded example image."""
     from starlette.concurrency import run_in_threadpool
 
-    from moderator.scorers import ScorerUnavailable
-    from moderator.search import image_query
+    from moderator.errors import ScorerUnavailable
+    from moderator.engine.search import image_query
 
     settings = settings_of(request)
     data = await file.read(settings.max_image_bytes + 1)

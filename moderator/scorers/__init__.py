@@ -35,10 +35,6 @@ class ScorerInput(StrEnum):
     BYTES = "bytes"  # the raw bytes and sha256 (e.g. exact hash lists: no decoding)
 
 
-class ScorerUnavailable(Exception):
-    """The scorer cannot run here (weights or package missing). One-line message: what and how to fix."""
-
-
 @dataclass
 class ScorerContext:
     """What a scorer may need at compile time; models load lazily, once per process."""

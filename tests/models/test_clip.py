@@ -9,7 +9,7 @@ import pytest
 
 from moderator.models import model_id_for
 from moderator.models.clip import get_clip_model
-from moderator.scorers import ScorerUnavailable
+from moderator.errors import ScorerUnavailable
 from moderator.settings import Settings
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from moderator.models.clip import get_clip_model, pick_precision
-from moderator.scorers import ScorerUnavailable
+from moderator.errors import ScorerUnavailable
 from moderator.settings import Precision, Settings
 from tests.conftest import jpeg_bytes
 

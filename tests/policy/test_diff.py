@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moderator.policy.diff import diff_policies
-from moderator.rescore import rescore
+from moderator.engine.diff import diff_policies
+from moderator.engine.rescore import rescore
 from moderator.store import ExportFilters, Store
 from tests.lifecycle import MODEL_ID, PETS, axis, compiled, context, seed, write
 

@@ -169,7 +169,7 @@ def test_malformed_list_is_refused_with_its_line(tmp_path: Path) -> None:
 
 
 def test_shipped_list_and_policies_compile() -> None:
-    from moderator.policy.compile import CompiledPolicy, compile_policy
+    from moderator.engine.compile import CompiledPolicy, compile_policy
     from moderator.policy.load import load_policy
     from moderator.settings import SHIPPED_POLICIES
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moderator import plugins
-from moderator.policy.compile import CompiledPolicy, compile_policy
+from moderator.engine.compile import CompiledPolicy, compile_policy
 from moderator.policy.load import PolicyError, load_policy
 from moderator.scorers import ScorerContext, ScoringBatch
 from moderator.scorers.linear_probe import LinearProbeScorer, save_probe

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from moderator.sources.event_log import newest_per_object
-from moderator.sources.events import EventKind, MalformedEvent, S3Event, normalise_sequencer, parse_notification
+from moderator.s3events.ordering import newest_per_object
+from moderator.s3events.parse import EventKind, MalformedEvent, S3Event, normalise_sequencer, parse_notification
 
 
 def aws_record(

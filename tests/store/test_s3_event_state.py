@@ -1,11 +1,11 @@
-"""S3 event ordering state (s3_event_state via sources.event_log.EventLog) on SQLite and PostgreSQL."""
+"""S3 event ordering state (s3_event_state via s3events.ordering.EventLog) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from moderator.sources.event_log import EventLog
-from moderator.sources.events import EventKind, S3Event, normalise_sequencer
+from moderator.s3events.ordering import EventLog
+from moderator.s3events.parse import EventKind, S3Event, normalise_sequencer
 from moderator.store import Store
 from moderator.store.s3_tables import S3EventState
 

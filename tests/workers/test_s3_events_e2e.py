@@ -16,8 +16,8 @@ from urllib.parse import quote_plus
 import boto3
 import pytest
 
-from moderator.sources.event_handler import queue_submit
-from moderator.sources.listen import listen_sqs
+from moderator.s3events.handler import queue_submit
+from moderator.s3events.sqs import listen_sqs
 from moderator.store import ExportFilters, Store
 from moderator.types import ItemStatus
 from tests.conftest import jpeg_bytes

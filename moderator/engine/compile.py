@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from moderator.decide import DecisionRules, PolicyMeta, decide
 from moderator.policy.load import LoadedPolicy, PolicyError
-from moderator.scorers import CompiledScorer, ScorerContext, ScorerUnavailable, ScoringBatch, get_scorer
+from moderator.scorers import CompiledScorer, ScorerContext, ScoringBatch, get_scorer
+from moderator.errors import ScorerUnavailable
 from moderator.types import PolicyResult, PolicySkipped
 
 

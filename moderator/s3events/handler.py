@@ -2,7 +2,7 @@
 
 Created objects are submitted for scanning (by uri, never bytes), removed ones are
 marked deleted in the store; duplicates and out-of-order events are dropped by
-their sequencer (event_log). The ordering state is written only after the action
+their sequencer (ordering). The ordering state is written only after the action
 succeeded, so a failed submit leaves the event to be delivered again.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from moderator.settings import Settings
-from moderator.sources.event_log import EventLog, newest_per_object
-from moderator.sources.events import EventKind, S3Event
+from moderator.s3events.ordering import EventLog, newest_per_object
+from moderator.s3events.parse import EventKind, S3Event
 
 Submit = Callable[[list[str]], str]  # uris -> job id
 

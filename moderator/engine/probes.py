@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from moderator.evaluate import average_precision, evaluate_scores, pr_curve
+from moderator.engine.evaluate import average_precision, evaluate_scores, pr_curve
 from moderator.scorers.linear_probe import probe_scores
 
 L2 = 1e-4  # weight decay: embeddings are unit length, so logits need weights of size ~10-100

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from moderator.settings import Settings
-from moderator.sources.event_handler import EventHandler, queue_submit, store_for
-from moderator.sources.events import MalformedEvent, parse_notification
+from moderator.s3events.handler import EventHandler, queue_submit, store_for
+from moderator.s3events.parse import MalformedEvent, parse_notification
 
 router = APIRouter()
 MAX_BODY_BYTES = 1024 * 1024  # S3 notifications are a few KB

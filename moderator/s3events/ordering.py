@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from moderator.sources.events import S3Event
+from moderator.s3events.parse import S3Event
 from moderator.store.s3_tables import S3EventState
 from moderator.store.tables import utcnow
 
@@ -33,7 +33,7 @@ def newest_per_object(events: Iterable[S3Event]) -> list[S3Event]:
 
 
 def _older(new: str | None, held: str | None) -> bool:
-    # Sequencers are normalised to equal width (events.normalise_sequencer): string order is event order.
+    # Sequencers are normalised to equal width (parse.normalise_sequencer): string order is event order.
     return new is not None and held is not None and new < held
 
 

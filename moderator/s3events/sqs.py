@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moderator.settings import Settings
-from moderator.sources.event_handler import EventHandler, EventStore, Submit, store_for
-from moderator.sources.events import MalformedEvent, S3Event, parse_notification
+from moderator.s3events.handler import EventHandler, EventStore, Submit, store_for
+from moderator.s3events.parse import MalformedEvent, S3Event, parse_notification
 from moderator.sources.s3 import client
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from moderator.policy.compile import CompiledPolicy
+    from moderator.engine.compile import CompiledPolicy
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def evaluate_policy(
     target_recall: float = 0.9,
 ) -> EvalReport:
     """Score items (float32 [frames, d] each) with an embedding scorer and measure against their classes."""
-    from moderator.rescore import check_rescorable
+    from moderator.engine.rescore import check_rescorable
     from moderator.scorers import ScoringBatch
 
     check_rescorable(policy)

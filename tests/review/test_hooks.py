@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from moderator.settings import Settings
-from moderator.sources.event_handler import EventHandler
-from moderator.sources.webhook import event_handler, router, webhook_settings
+from moderator.s3events.handler import EventHandler
+from moderator.review.routes_hooks import event_handler, router, webhook_settings
 from moderator.store import ItemRecord, Store
 from moderator.types import ItemStatus
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moderator.decide import DecisionRules, SecondOpinionRule, apply_second_opinions, second_opinion_rules
-from moderator.policy.compile import CompiledPolicy
+from moderator.engine.compile import CompiledPolicy
 from moderator.scorers import ScorerInput, ScoringBatch
 from moderator.store import Store
 from moderator.store.bulk import (

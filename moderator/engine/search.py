@@ -112,8 +112,8 @@ def text_query(settings: Settings, text: str) -> np.ndarray:
 
 def image_query(settings: Settings, path: Path, store: Store | None = None) -> np.ndarray:
     """The embedding of an example image (its stored one when the store has it); ValueError if unreadable."""
-    from moderator.embed import embed_files
-    from moderator.probes import item_features
+    from moderator.engine.embed import embed_files
+    from moderator.engine.probes import item_features
 
     (found,) = embed_files([path], settings, store=store, save=False)
     if found.embedding is None:
@@ -123,7 +123,7 @@ def image_query(settings: Settings, path: Path, store: Store | None = None) -> n
 
 def item_query(store: Store, model_id: str, sha256: str) -> np.ndarray | None:
     """The stored embedding of an item's content ("more like this"), or None."""
-    from moderator.probes import item_features
+    from moderator.engine.probes import item_features
 
     stored = store.load_embeddings([sha256], model_id).get(sha256)
     return None if stored is None else item_features(stored)

@@ -1,6 +1,6 @@
 """What a policy edit would change, over every stored item, before it is deployed.
 
-Both versions are scored from stored embeddings (moderator.rescore): no image is
+Both versions are scored from stored embeddings (moderator.engine.rescore): no image is
 read, no image model runs. When the edit leaves scoring alone (thresholds, actions,
 description), the scores are computed once. Each version's second opinions apply as
 in a scan, judged against the other policies' stored results. An item's decision is
@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from moderator.decide import SecondOpinionRule
-from moderator.policy.compile import CompiledPolicy
+from moderator.engine.compile import CompiledPolicy
 from moderator.policy.schema import PolicySpec
-from moderator.rescore import (
+from moderator.engine.rescore import (
     ACTIONS,
     ItemRows,
     MatrixScores,

@@ -14,9 +14,9 @@ import numpy as np
 from sqlalchemy import or_, select
 
 from moderator.datasets import Dataset
-from moderator.embed import EmbeddedFile
+from moderator.engine.embed import EmbeddedFile
 from moderator.policy.schema import PolicySpec
-from moderator.probes import LabelledEmbeddings, item_features
+from moderator.engine.probes import LabelledEmbeddings, item_features
 from moderator.store import Store
 from moderator.store.review_tables import ReviewLabel
 
