@@ -26,7 +26,8 @@ NOISE = 8  # +-8 grey levels of per-pixel noise: 12 MP at quality 90 comes out n
 CACHE = Path(os.environ.get("MODERATOR_BENCH_CACHE", Path(tempfile.gettempdir()) / "moderator-bench"))
 
 
-def make_photo(seed: int, size: tuple[int, int]) -> bytes:
+def make_photo(seed: int, size: tuple[int, int], noise: int = NOISE) -> bytes:
+    """A camera-like JPEG; noise=0 gives a smooth photo (cheap to decode: few bits per block)."""
     rng = np.random.default_rng(seed)
     w, h = size
     # Scene at a quarter of the size, blown up: smooth sky, walls and skin, soft-edged objects.
@@ -43,8 +44,8 @@ def make_photo(seed: int, size: tuple[int, int]) -> bytes:
             draw.line((x, y, x + int(rng.integers(-r, r)), y + int(rng.integers(-r, r))), fill=colour, width=r // 8 + 1)
     scene = scene.filter(ImageFilter.GaussianBlur(1)).resize(size, Image.Resampling.BILINEAR)
     # Texture and sensor noise at full resolution: what makes real JPEGs expensive to decode.
-    noise = rng.integers(-NOISE, NOISE + 1, (h, w, 1), dtype=np.int16)
-    pixels = np.clip(np.asarray(scene, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    grain = rng.integers(-noise, noise + 1, (h, w, 1), dtype=np.int16)
+    pixels = np.clip(np.asarray(scene, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -61,6 +62,32 @@ def photo_folder(n: int = 200) -> Path:
             (folder / f"{i:04d}.jpg").write_bytes(make_photo(i, size))
         complete.write_text("")
     return folder
+
+
+def cheap_photo_folder(n: int = 200) -> Path:
+    """n JPEGs whose decoding is cheap: smooth 12 MP photos and (noisy) 1 MP ones, interleaved; cached."""
+    folder = CACHE / f"photos-cheap-{n}-v1"
+    complete = folder.with_suffix(".complete")
+    if not complete.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            data = make_photo(i, LARGE, noise=0) if i % 2 == 0 else make_photo(i, SMALL)
+            (folder / f"{i:04d}.jpg").write_bytes(data)
+        complete.write_text("")
+    return folder
+
+
+def first_n(folder: Path, n: int, dest: Path) -> Path:
+    """A folder holding the first n photos of `folder` (hard links where possible), for N vs 2N scans."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in photos(folder, n):
+        target = dest / path.name
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:
+                target.write_bytes(path.read_bytes())
+    return dest
 
 
 def photos(folder: Path, n: int | None = None) -> list[Path]:
@@ -199,3 +226,49 @@ def profile(summary: Any) -> dict[str, float]:
         "database": s.get("lookup", 0.0) + s.get("store", 0.0) + s.get("store_embeddings", 0.0),
         "wall": summary.seconds,
     }
+
+
+# -- ONNX Runtime and marginal rates ------------------------------------------------------------
+
+
+def ort_ceiling(tower: Any, image_size: int, batch_sizes: Sequence[int] = (8, 16, 32)) -> tuple[float, int]:
+    """(images/s, batch size) of an ONNX Runtime image tower alone on ready 224x224 arrays, at the best batch size."""
+    best = (0.0, 0)
+    for bs in batch_sizes:
+        x = np.random.default_rng(0).standard_normal((bs, 3, image_size, image_size), dtype=np.float32)
+        tower(x)  # warm-up
+        reps = max(1, 32 // bs)
+        t = best_of(lambda x=x, reps=reps: seconds(lambda: [tower(x) for _ in range(reps)]))
+        best = max(best, (bs * reps / t, bs))
+    return best
+
+
+def scan_seconds(target: Path, db: Path, precision: str = "fp32", **overrides: Any) -> tuple[float, Any]:
+    """(wall seconds, summary) of one whole scan into a fresh store, pipeline set-up included."""
+    from moderator.pipeline import Pipeline
+    from moderator.store import Store
+
+    db.unlink(missing_ok=True)
+    settings = scan_settings(db, precision, **overrides)
+    store = Store(settings.database_url)
+    try:
+        start = time.perf_counter()
+        summary = Pipeline(settings, store).scan_targets([str(target)])
+        wall = time.perf_counter() - start
+    finally:
+        store.close()
+    if summary.scanned == 0 or summary.errors:
+        raise RuntimeError(f"benchmark scan went wrong: {summary.as_dict()}")
+    return wall, summary
+
+
+def marginal_rate(
+    small: Path, large: Path, n: int, work: Path, precision: str = "fp32", **overrides: Any
+) -> tuple[float, Any]:
+    """n / (t(2n) - t(n)): images/s with start-up and pipeline fill cancelled; and the 2n scan's summary.
+
+    `small` holds the first n photos of `large` (2n). Each scan starts from an empty store.
+    """
+    t_small, _ = scan_seconds(small, work / "scan.db", precision, **overrides)
+    t_large, summary = scan_seconds(large, work / "scan.db", precision, **overrides)
+    return n / max(t_large - t_small, 1e-9), summary

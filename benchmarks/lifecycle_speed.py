@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from moderator.models.clip import get_clip_model, model_id_for
 from moderator.engine.compile import CompiledPolicy, compile_policy
 from moderator.engine.diff import diff_policies
-from moderator.policy.load import load_policy
 from moderator.engine.rescore import rescore
-from moderator.scorers import ScorerContext
 from moderator.engine.search import SearchIndex, text_query
+from moderator.models.clip import get_clip_model, model_id_for
+from moderator.policy.load import load_policy
+from moderator.scorers import ScorerContext
 from moderator.settings import SHIPPED_POLICIES, Settings
 from moderator.store import ItemRecord, Store
 from moderator.store.bulk import load_embedding_matrix

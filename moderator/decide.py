@@ -4,6 +4,9 @@ A class fires when its score >= a threshold (so threshold 0 always fires); with 
 band (``actions: {review: 0.3, block: 0.7}``) its action is the most severe band
 reached. A policy's action is the most severe among its fired classes, ALLOW when
 none fires; an item's decision is the most severe over its policies.
+
+apply_rules is the one implementation of that rule, vectorised over rows: the scan
+(decide_rows), rescore and policy diff use it, and the store only formats what it decided.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import numpy as np
 
 from moderator.policy.schema import PolicySpec
 from moderator.types import Action, FiredClass, PolicyResult, most_severe
+
+ACTIONS: tuple[Action, ...] = tuple(sorted(Action, key=lambda a: a.severity))  # index = severity
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,82 @@ class PolicyMeta:
     model_id: str
 
 
-def fire(bands: Sequence[Band], score: float) -> Band | None:
-    """The most severe band the score reaches, or None."""
-    reached = [b for b in bands if score >= b.threshold]
-    return max(reached, key=lambda b: b.action.severity, default=None)
+@dataclass(frozen=True)
+class Decided:
+    """The rule applied to N rows of one policy's scores [N, C]."""
+
+    severity: np.ndarray  # int8 [N, C]: severity of the most severe band reached (0: the class did not fire)
+    threshold: np.ndarray  # float64 [N, C]: that band's threshold (NaN when none)
+    action: np.ndarray  # int8 [N]: the policy's action, as a severity (0: allow)
+
+
+def apply_rules(rules: DecisionRules, scores: np.ndarray) -> Decided:
+    """The decision rule, the one implementation every caller uses: per row and class, the most
+    severe band whose threshold the score reaches (score >= threshold); per row, the most
+    severe action among the fired classes."""
+    if scores.ndim != 2 or scores.shape[1] != len(rules.classes):
+        raise ValueError(f"{len(rules.classes)} classes but scores of shape {scores.shape}")
+    # float64: a float32 score compared with a float32-rounded threshold could fire below it.
+    values = np.asarray(scores, dtype=np.float64)
+    n, c = values.shape
+    severity = np.zeros((n, c), np.int8)
+    threshold = np.full((n, c), np.nan)
+    for j, bands in enumerate(rules.bands):
+        for band in bands:  # a band reached wins over a less severe one, whatever their order
+            reached = (values[:, j] >= band.threshold) & (band.action.severity > severity[:, j])
+            severity[reached, j] = band.action.severity
+            threshold[reached, j] = band.threshold
+    return Decided(severity, threshold, policy_actions(severity))
+
+
+def policy_actions(severity: np.ndarray) -> np.ndarray:
+    """int8 [N]: per row of fired severities [N, C], the policy's action (the most severe; 0 when none fired)."""
+    return np.asarray(severity.max(axis=1, initial=0), dtype=np.int8)
+
+
+def policy_result(
+    rules: DecisionRules,
+    meta: PolicyMeta,
+    scores: Sequence[float],
+    severity: Sequence[int],
+    threshold: Sequence[float],
+    evidence: Sequence[str],
+    action: int,
+) -> PolicyResult:
+    """One row of apply_rules (plain lists, as ndarray.tolist() gives them) as a PolicyResult."""
+    classes = rules.classes
+    fired = tuple(
+        FiredClass(name=classes[j], action=ACTIONS[sev], score=scores[j], threshold=threshold[j], evidence=evidence[j])
+        for j, sev in enumerate(severity)
+        if sev
+    )
+    return PolicyResult(
+        policy=meta.policy,
+        policy_version=meta.policy_version,
+        scorer=meta.scorer,
+        model_id=meta.model_id,
+        scores=dict(zip(classes, scores, strict=True)),
+        fired=fired,
+        action=ACTIONS[action],
+    )
+
+
+def decide_rows(
+    rules: DecisionRules, meta: PolicyMeta, scores: np.ndarray, evidence: Sequence[Sequence[str]]
+) -> list[PolicyResult]:
+    """Verdicts for one policy from per-row, per-class scores [N, C] and evidence [N][C]."""
+    if scores.ndim != 2 or scores.shape[1] != len(rules.classes) or len(evidence) != scores.shape[0]:
+        raise ValueError(
+            f"policy {meta.policy!r}: {len(rules.classes)} classes but scores of shape {scores.shape} "
+            f"and {len(evidence)} rows of evidence"
+        )
+    decided = apply_rules(rules, scores)
+    values = np.asarray(scores, dtype=np.float64).tolist()
+    severity, threshold, action = decided.severity.tolist(), decided.threshold.tolist(), decided.action.tolist()
+    return [
+        policy_result(rules, meta, values[i], severity[i], threshold[i], evidence[i], action[i])
+        for i in range(len(values))
+    ]
 
 
 def decide(rules: DecisionRules, meta: PolicyMeta, scores: np.ndarray, evidence: Sequence[str]) -> PolicyResult:
@@ -63,21 +140,7 @@ def decide(rules: DecisionRules, meta: PolicyMeta, scores: np.ndarray, evidence:
             f"policy {meta.policy!r}: {len(rules.classes)} classes but scores of shape {scores.shape} "
             f"and {len(evidence)} evidence strings"
         )
-    fired: list[FiredClass] = []
-    values = [float(s) for s in scores]
-    for name, bands, score, why in zip(rules.classes, rules.bands, values, evidence, strict=True):
-        band = fire(bands, score)
-        if band is not None:
-            fired.append(FiredClass(name=name, action=band.action, score=score, threshold=band.threshold, evidence=why))
-    return PolicyResult(
-        policy=meta.policy,
-        policy_version=meta.policy_version,
-        scorer=meta.scorer,
-        model_id=meta.model_id,
-        scores=dict(zip(rules.classes, values, strict=True)),
-        fired=tuple(fired),
-        action=most_severe(f.action for f in fired),
-    )
+    return decide_rows(rules, meta, scores[None, :], [evidence])[0]
 
 
 def item_decision(results: Iterable[PolicyResult]) -> Action:

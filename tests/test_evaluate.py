@@ -121,3 +121,33 @@ def test_pr_png_and_json_report(tmp_path: Path) -> None:
     path = write_json(report.as_dict(), tmp_path / "out" / "report.json")
     loaded = json.loads(path.read_text())
     assert loaded["confusion"] == [[1, 0], [1, 1]] and loaded["per_class"][0]["name"] == "a"
+
+
+def test_results_of_the_scan_path_measure_like_the_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moderator.engine.evaluate import evaluate_results
+    from moderator.scorers import ScoringBatch
+
+    ctx, _ = context(tmp_path, monkeypatch)
+    policy = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
+    embeddings = [axis(0)[None], axis(1)[None], axis(2)[None], axis(1)[None]]
+    truth = ["cat", "dog", "other", "cat"]
+    results = policy.evaluate(ScoringBatch(sha256=[""] * 4, embeddings=embeddings))
+    from_results = evaluate_results(policy, results, truth)
+    assert (
+        from_results.confusion
+        == evaluate_policy(policy, embeddings, truth).confusion
+        == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    )
+
+
+def test_labels_a_scorer_scores_become_classes_that_never_fire(tmp_path: Path) -> None:
+    from moderator.engine.evaluate import with_label_classes
+    from moderator.settings import SHIPPED_POLICIES
+
+    opennsfw = load_policy(SHIPPED_POLICIES / "opennsfw.yaml")
+    extended = with_label_classes(opennsfw, ["nsfw", "sfw"])
+    assert list(extended.spec.classes) == ["nsfw", "sfw"] and extended.spec.classes["sfw"].bands() == []
+    assert extended.spec.classes["nsfw"] == opennsfw.spec.classes["nsfw"]
+    assert with_label_classes(opennsfw, ["nsfw"]) is opennsfw
+    with pytest.raises(ValueError, match="prompts"):  # a clip class is nothing without prompts
+        with_label_classes(load_policy(write(tmp_path / "pets.yaml", PETS)), ["zebra"])

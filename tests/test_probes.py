@@ -8,13 +8,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from moderator.engine.compile import CompiledPolicy, compile_policy
-from moderator.policy.load import load_policy
 from moderator.engine.probes import LabelledEmbeddings, data_hash, split, train_probe
 from moderator.engine.probes_data import from_reviews
+from moderator.policy.load import load_policy
 from moderator.scorers import ScorerContext, ScoringBatch
 from moderator.scorers.linear_probe import save_probe
 from moderator.store import Store
-from moderator.store.review_tables import Review, ReviewLabel
+from moderator.store.tables import Review, ReviewLabel
 from tests.lifecycle import MODEL_ID, TINY, axis, seed, sha_of, write
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderator.decide import DecisionRules, PolicyMeta, decide
+from moderator.decide import DecisionRules, PolicyMeta, apply_rules, decide
 from moderator.engine.compile import CompiledPolicy
+from moderator.engine.rescore import rescore
 from moderator.policy.schema import PolicySpec
-from moderator.engine.rescore import fire_matrix, rescore
 from moderator.settings import SHIPPED_POLICIES, Settings
 from moderator.store import ExportFilters, Store
 from moderator.store.bulk import load_embedding_matrix
-from moderator.store.result_json import encode_result
+from moderator.store.results import encode_result
 from moderator.types import Action, PolicyResult
 from tests.lifecycle import MODEL_ID, PETS, axis, compiled, context, seed, sha_of, write
 
@@ -26,7 +26,18 @@ def rows(store: Store) -> dict[str, object]:
     return {r.uri: r for r in store.iter_export(ExportFilters())}
 
 
-def test_fire_matrix_agrees_with_decide_on_every_band() -> None:
+def reference_rule(rules: DecisionRules, row: np.ndarray) -> dict[str, tuple[int, float]]:
+    """The documented rule, written out plainly: per class the most severe band with score >= threshold."""
+    out = {}
+    for name, bands, score in zip(rules.classes, rules.bands, row.tolist(), strict=True):
+        reached = [b for b in bands if score >= b.threshold]
+        if reached:
+            band = max(reached, key=lambda b: b.action.severity)
+            out[name] = (band.action.severity, band.threshold)
+    return out
+
+
+def test_the_rule_agrees_with_decide_and_the_written_out_rule_on_every_band() -> None:
     spec = PolicySpec.model_validate(
         {
             "name": "p",
@@ -40,13 +51,16 @@ def test_fire_matrix_agrees_with_decide_on_every_band() -> None:
     rules = DecisionRules.from_spec(spec)
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.random((200, 3)), [[0.2, 0.0, 1.0], [0.5, 0.3, 0.0], [0.8, 1.0, 0.5], [0.1999, 0, 0]]])
-    severity, threshold = fire_matrix(rules, scores)
+    decided = apply_rules(rules, scores)
+    severity, threshold = decided.severity, decided.threshold
     meta = PolicyMeta("p", "v", "clip", "m")
     for i, row in enumerate(scores):
         expected = decide(rules, meta, row, ["", "", ""])
         fired = {f.name: (f.action.severity, f.threshold) for f in expected.fired}
         got = {rules.classes[j]: (int(severity[i, j]), float(threshold[i, j])) for j in np.flatnonzero(severity[i])}
         assert got == fired
+        assert got == reference_rule(rules, row)
+        assert decided.action[i] == expected.action.severity == max((s for s, _ in got.values()), default=0)
 
 
 def test_rescore_stores_results_of_the_new_version_from_embeddings(
@@ -168,9 +182,9 @@ def test_rescore_stores_what_a_scan_stored_for_the_same_embedding(
 ) -> None:
     from functools import partial
 
+    from moderator.engine.compile import compile_policy
     from moderator.models.clip import get_clip_model, model_id_for
     from moderator.pipeline import Pipeline
-    from moderator.engine.compile import compile_policy
     from moderator.policy.load import load_policy
     from moderator.scorers import ScorerContext
 
@@ -190,7 +204,7 @@ def test_rescore_stores_what_a_scan_stored_for_the_same_embedding(
 
 
 def test_result_encoder_writes_what_the_store_writes() -> None:
-    from moderator.store.result_json import ResultEncoder, encode_result
+    from moderator.store.results import ResultEncoder, encode_result
 
     spec = PolicySpec.model_validate(
         {
@@ -207,12 +221,15 @@ def test_result_encoder_writes_what_the_store_writes() -> None:
     encoder = ResultEncoder(rules.classes)
     rng = np.random.default_rng(3)
     scores = np.concatenate([rng.random((300, 3)), [[0.0, 1.0, 1e-9], [0.8, 0.1, 0.5]]])
-    severity, threshold = fire_matrix(rules, scores)
+    decided = apply_rules(rules, scores)
+    severity, threshold = decided.severity, decided.threshold
     texts = ['a "quoted" prompt', "ünïcödé 100% (frame 2)", "back\\slash\n"]
     for i, row in enumerate(scores):
         evidence = [texts[(i + j) % 3] for j in range(3)]
         expected = encode_result(decide(rules, meta, row, evidence))
-        got = encoder.encode(row.tolist(), severity[i].tolist(), threshold[i].tolist(), evidence)
+        got = encoder.encode(
+            row.tolist(), severity[i].tolist(), threshold[i].tolist(), evidence, int(decided.action[i])
+        )
         assert got == expected
 
 

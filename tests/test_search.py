@@ -55,7 +55,7 @@ def test_wrong_dimension_is_refused(store: Store) -> None:
 def test_api_more_like_this(tmp_path: Path) -> None:
     from moderator.review import users
     from moderator.review.app import create_app
-    from moderator.store.review_tables import Role
+    from moderator.store.tables import Role
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     store = Store(url)
@@ -75,8 +75,8 @@ def test_api_more_like_this(tmp_path: Path) -> None:
 
 
 def test_a_repeated_text_query_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from moderator.models import clip as clip_module
     from moderator.engine.search import text_query
+    from moderator.models import clip as clip_module
 
     calls: list[list[str]] = []
 
@@ -92,3 +92,24 @@ def test_a_repeated_text_query_is_encoded_once(monkeypatch: pytest.MonkeyPatch) 
     assert calls == [["a red car, cached"]]
     text_query(tiny.model_copy(update={"model": "ViT-B-32"}), "a red car, cached")  # another model: encoded again
     assert len(calls) == 2
+
+
+def test_api_search_by_uploaded_image(tiny_settings: Settings, store: Store, photo_dir: Path) -> None:
+    from moderator.pipeline import Pipeline
+    from moderator.review import users
+    from moderator.review.app import create_app
+    from moderator.store.tables import Role
+
+    Pipeline(tiny_settings, store).scan_targets([str(photo_dir)])
+    with Session(store.engine) as db:
+        users.add_user(db, "rita", Role.REVIEWER, "a long password 123")
+        db.commit()
+    client = TestClient(create_app(tiny_settings, store))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"rita:a long password 123").decode()}
+    upload = {"file": ("p2.jpg", (photo_dir / "p2.jpg").read_bytes(), "image/jpeg")}
+    r = client.post("/api/search/image?k=2", files=upload, headers=auth)
+    assert r.status_code == 200, r.text
+    first = r.json()[0]
+    assert first["uris"][0].endswith("p2.jpg") and first["score"] == pytest.approx(1.0, abs=1e-3)
+    r = client.post("/api/search/image", files={"file": ("x.jpg", b"not an image", "image/jpeg")}, headers=auth)
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith("the upload: ")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from moderator.decide import DecisionRules, PolicyMeta, decide
+from moderator.decide import DecisionRules, PolicyMeta, decide_rows
+from moderator.errors import ScorerUnavailable
 from moderator.policy.load import LoadedPolicy, PolicyError
 from moderator.scorers import CompiledScorer, ScorerContext, ScoringBatch, get_scorer
-from moderator.errors import ScorerUnavailable
 from moderator.types import PolicyResult, PolicySkipped
 
 
@@ -43,8 +43,7 @@ class CompiledPolicy:
         # Not clipped: a score outside [0, 1] is a scorer bug that thresholds would silently hide.
         if not ((out.scores >= 0) & (out.scores <= 1)).all():
             raise ValueError(f"scorer {self.loaded.spec.scorer!r} returned scores outside [0, 1] (or NaN)")
-        meta = self.meta
-        return [decide(self.rules, meta, out.scores[i], out.evidence[i]) for i in range(n)]
+        return decide_rows(self.rules, self.meta, out.scores, out.evidence)
 
 
 def compile_policy(loaded: LoadedPolicy, ctx: ScorerContext) -> CompiledPolicy | PolicySkipped:

@@ -16,20 +16,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from moderator.decide import SecondOpinionRule
+from moderator.decide import ACTIONS, SecondOpinionRule, apply_rules, policy_actions
 from moderator.engine.compile import CompiledPolicy
-from moderator.policy.schema import PolicySpec
 from moderator.engine.rescore import (
-    ACTIONS,
     ItemRows,
     MatrixScores,
-    fire_matrix,
     map_items,
     policy_rules,
     score_matrix,
     second_opinions,
     severity_of,
 )
+from moderator.policy.schema import PolicySpec
 from moderator.store import Store
 from moderator.store.bulk import EmbeddingMatrix, gc_paused, load_embedding_matrix, stored_actions
 from moderator.types import Action
@@ -148,8 +146,7 @@ def _diff(
     same_scorer = old.scorer.model_id == new.scorer.model_id and old.loaded.spec.scorer == new.loaded.spec.scorer
     if same_scorer and scoring_part(old.loaded.spec) == scoring_part(new.loaded.spec):
         result.scores_reused = True
-        severity, threshold = fire_matrix(new.rules, old_scored.scores)
-        new_scored = MatrixScores(old_scored.scores, old_scored.evidence, severity, threshold)
+        new_scored = MatrixScores(old_scored.scores, old_scored.evidence, apply_rules(new.rules, old_scored.scores))
     else:
         new_scored = score_matrix(new, matrix)
 
@@ -157,7 +154,7 @@ def _diff(
     names = list(dict.fromkeys([*old.rules.classes, *new.rules.classes]))
     sev_old = _fired(item_severity(store, old, old_scored, items, rules), old.rules.classes, names)
     sev_new = _fired(item_severity(store, new, new_scored, items, rules), new.rules.classes, names)
-    act_old, act_new = sev_old.max(axis=1, initial=0), sev_new.max(axis=1, initial=0)
+    act_old, act_new = policy_actions(sev_old), policy_actions(sev_new)
 
     others = stored_actions(store, leave_out={old.name, new.name})
     other = np.array([others.get(i, 0) for i in items.ids], dtype=np.int8)

@@ -23,6 +23,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from moderator.engine.compile import CompiledPolicy
+    from moderator.policy.load import LoadedPolicy
+    from moderator.types import PolicyResult
 
 
 @dataclass(frozen=True)
@@ -241,3 +243,48 @@ def evaluate_policy(
         target_precision=target_precision,
         target_recall=target_recall,
     )
+
+
+def evaluate_results(
+    policy: CompiledPolicy,
+    results: Sequence[PolicyResult],
+    truth: Sequence[str],
+    *,
+    target_precision: float = 0.9,
+    target_recall: float = 0.9,
+) -> EvalReport:
+    """Measure a policy's results (from the scan's scoring path, any scorer kind) against each item's class."""
+    classes = list(policy.rules.classes)
+    scores = np.array([[r.scores[c] for c in classes] for r in results], dtype=np.float64)
+    return evaluate_scores(
+        scores.reshape(len(results), len(classes)),
+        truth,
+        classes,
+        policy_thresholds(policy),
+        target_precision=target_precision,
+        target_recall=target_recall,
+    )
+
+
+def with_label_classes(loaded: LoadedPolicy, labels: Sequence[str]) -> LoadedPolicy:
+    """The policy with each label that is not one of its classes added as a class that never fires.
+
+    For scorers that score more outputs than a policy acts on: open_nsfw's policy acts on `nsfw`,
+    a dataset labels images `nsfw` or `sfw`. ValueError when the policy's schema refuses the
+    added class (a clip class needs prompts); the scorer may still refuse it when compiled.
+    """
+    from pydantic import ValidationError
+
+    from moderator.policy.load import LoadedPolicy, policy_version
+    from moderator.policy.schema import PolicySpec
+
+    extra = sorted(set(labels) - set(loaded.spec.classes))
+    if not extra:
+        return loaded
+    content = loaded.spec.model_dump(mode="json")
+    content["classes"].update({name: {} for name in extra})
+    try:
+        spec = PolicySpec.model_validate(content)
+    except ValidationError as e:
+        raise ValueError(e.errors()[0]["msg"]) from None
+    return LoadedPolicy(spec=spec, path=loaded.path, version=policy_version(spec), lines=loaded.lines)

@@ -1,20 +1,35 @@
-"""The reader stage: bytes, identity, skip-unchanged, byte scorers, decode and preprocess.
+"""The one path from bytes to model inputs: read -> sha256 -> size limit -> decode -> preprocess -> embed.
 
-Runs in the pipeline's background thread, fanning each batch out to a thread pool
-(Pillow's decoders and resizers release the GIL). One store query per batch for the
-known items and one for stored embeddings: no per-image round trips.
+Every entry point goes through a Preparer: the scan and the queue workers (pipeline.py), `policy
+test`, `eval`, `probe train`, search by image and the API, on source items or on bytes in memory
+(items_from_bytes). Only the stages the policies need run (Needs): frames are kept only for image
+scorers, CLIP loads only when an embedding has to be computed. Stored embeddings are reused per
+sha256 and model; new ones are stored as float16 and used exactly as stored, so a later re-score
+gives the same answer.
+
+Reading and decoding of batch k+1 run in a background thread, reader threads and the decode
+worker processes while the caller embeds and scores batch k (Preparer.batches, stages.prefetch);
+every stage is timed. Decoding + preprocessing of one item (moderator.decode.decode_frames:
+bytes in, uint8 crops and bounded frames out) runs in a worker process under a memory cap and a
+time limit (decode_pool: the one sizing rule), so a file that crashes, spins or exhausts its
+decoder is recorded with its reason (decoder_crashed, decode_timeout, too_large) and costs only itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from moderator.decode import DecodeError, decode_image
-from moderator.scorers import ScoringBatch
+from moderator.decode import CropSpec, DecodedFrames, DecodeError, DecodePool, FrameRequest, decode_frames, shared_pool
+from moderator.models import load_clip, model_id_for
+from moderator.stages import StageTimer, chunked, prefetch, same, timed
 from moderator.types import Action, ItemStatus, PolicyResult, SourceItem
 
 if TYPE_CHECKING:
@@ -22,8 +37,20 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from moderator.pipeline import Pipeline
-    from moderator.store import KnownItem
+    from moderator.models.clip import ClipModel
+    from moderator.settings import Settings
+    from moderator.store import Store
+
+IMAGE_DRAFT = 256  # shortest side decoded for image scorers (open_nsfw and phash work at <= 256)
+META_KEYS = ("format", "width", "height", "frames")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the policies read, hence which stages run."""
+
+    images: bool = False  # decoded frames (image scorers)
+    embeddings: bool = False  # CLIP image embeddings (embedding scorers)
 
 
 @dataclass
@@ -33,8 +60,8 @@ class PreparedItem:
     size: int | None = None
     data: bytes | None = None
     frames: list[Image.Image] | None = None
-    pixels: torch.Tensor | None = None  # [frames, 3, H, W]
-    embedding: np.ndarray | None = None  # [frames, d] float32
+    pixels: torch.Tensor | None = None  # the model input of each frame (ClipModel.preprocess_batch)
+    embedding: np.ndarray | None = None  # [frames, d] float32, as stored
     status: ItemStatus = ItemStatus.OK
     error: str | None = None
     reason: str | None = None  # short machine-readable cause of an error or skip
@@ -42,103 +69,216 @@ class PreparedItem:
     results: list[PolicyResult] = field(default_factory=list)
     decision: Action | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.status is ItemStatus.OK
+
     def fail(self, status: ItemStatus, reason: str, message: str) -> None:
         self.status, self.reason, self.error = status, reason, message
         self.data = self.frames = self.pixels = self.embedding = None
 
 
+class Skip(Protocol):
+    """Which items need no work (the scan's skip-unchanged): asked before and after reading."""
+
+    def before_read(self, batch: list[SourceItem]) -> list[SourceItem]: ...
+
+    def after_read(self, items: list[PreparedItem]) -> list[PreparedItem]: ...
+
+
+ByteStage = Callable[[list[PreparedItem]], None]
+
+
+# --- items from memory and files ---------------------------------------------------------
+
+
+def items_from_bytes(named: Iterable[tuple[str, bytes]]) -> list[SourceItem]:
+    """In-memory images (an upload, an API request) as source items: `name` is what errors say."""
+    return [SourceItem(uri=name, read=_constant(data), size=len(data)) for name, data in named]
+
+
+def items_from_files(paths: Iterable[Path | str]) -> list[SourceItem]:
+    return [SourceItem(uri=str(path), read=Path(path).read_bytes) for path in paths]
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+# --- decoding one item (module level, picklable in and out) ---------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How to decode one item: limits, JPEG draft size, what to keep."""
+
+    max_pixels: int
+    max_frames: int
+    draft_size: int
+    keep_frames: bool  # image scorers read the frames (reduced to IMAGE_DRAFT on the shorter side)
+    crop: CropSpec | None = None  # the model's input geometry (ClipModel.crop); None: no model input
+
+    def request(self) -> FrameRequest:
+        keep = IMAGE_DRAFT if self.keep_frames else None
+        return FrameRequest(self.max_pixels, self.max_frames, self.draft_size, crop=self.crop, keep_side=keep)
+
+
+@dataclass
+class DecodeOutcome:
+    meta: dict[str, Any] = field(default_factory=dict)
+    frames: list[Image.Image] | None = None
+    pixels: Any = None
+    reason: str | None = None  # a DecodeFailure value when decoding failed
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # decode, preprocess
+
+
+def decode_one(data: bytes, spec: DecodeSpec) -> DecodeOutcome:
+    """Bytes -> frames and model input (or the reason why not), in this process. Never raises for bad input.
+
+    Preparer runs decode_frames(data, spec.request()) in the decode workers and to_outcome() here.
+    """
+    try:
+        return to_outcome(decode_frames(data, spec.request()))
+    except DecodeError as exc:
+        return to_outcome(exc)
+
+
+def to_outcome(result: DecodedFrames | DecodeError) -> DecodeOutcome:
+    """What decode_frames gave (or the DecodeError raised, or standing for a crashed or stopped worker)."""
+    if isinstance(result, DecodeError):
+        return DecodeOutcome(reason=str(result.reason), error=str(result))
+    meta = {"format": result.format, "width": result.width, "height": result.height, "frames": result.n_frames}
+    pixels = None
+    if result.crops is not None:
+        import torch
+
+        pixels = torch.from_numpy(result.crops)  # uint8 [frames, H, W, 3]: ClipModel.encode_images normalises
+    return DecodeOutcome(meta=meta, frames=result.frames, pixels=pixels, seconds=dict(result.seconds))
+
+
+def decode_workers(settings: Settings) -> int:
+    """Decode threads: one per core. The model's own threads use the cores too; more decoders would only
+    queue behind them (the prefetch depth, not the thread count, is what hides decoding)."""
+    return settings.decode_workers or max(2, os.cpu_count() or 1)
+
+
+@contextmanager
+def decode_pool(settings: Settings) -> Iterator[DecodePool]:
+    """The decode worker processes, for every caller: this process's, kept warm between scans."""
+    yield shared_pool(
+        decode_workers(settings), memory_mb=settings.decode_memory_mb, timeout_s=settings.decode_timeout_s
+    )
+
+
+def allow_pixels_up_to(limit: int) -> None:
+    """Let Pillow open images up to the configured limit (decode refuses above it).
+
+    Pillow's bomb limit is a process global: it is raised here, before decode threads start,
+    and never lowered (decode_image checks the setting itself).
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+# --- the stages ---------------------------------------------------------------------------
+
+
 class Preparer:
-    def __init__(self, pipeline: Pipeline, pool: ThreadPoolExecutor, *, force: bool = False) -> None:
-        self.p = pipeline
-        self.pool = pool
-        self.force = force
-        self.unchanged_total = 0
-        self._unchanged_pending = 0
-        self._lock = threading.Lock()
-        clip = pipeline.clip
-        self.draft_size = max(clip.image_size if clip else 0, 256 if pipeline.needs_images else 0) or 256
+    """Source items -> PreparedItems with what the policies need, batch by batch.
 
-    def take_unchanged(self) -> int:
-        """Unchanged items counted since the last call (for the progress bar)."""
-        with self._lock:
-            n, self._unchanged_pending = self._unchanged_pending, 0
-            return n
+    `byte_stage` runs on the bytes before anything is decoded (byte scorers: an item it
+    settles is never decoded nor embedded); `skip` drops items that need no work. With a
+    store, stored embeddings are reused and new ones saved (unless `save` is False).
+    """
 
-    def _count_unchanged(self, n: int) -> None:
-        with self._lock:
-            self.unchanged_total += n
-            self._unchanged_pending += n
+    def __init__(
+        self,
+        settings: Settings,
+        needs: Needs,
+        *,
+        store: Store | None = None,
+        save: bool = True,
+        clip: Callable[[], ClipModel] | None = None,
+        timer: StageTimer | None = None,
+        skip: Skip | None = None,
+        byte_stage: ByteStage | None = None,
+    ) -> None:
+        self.settings = settings
+        self.needs = needs
+        self.store = store
+        self.save = save
+        self.timer = timer or StageTimer()
+        self.skip = skip
+        self.byte_stage = byte_stage
+        self.model_id = model_id_for(settings)
+        self._load_clip: Callable[[], ClipModel] = clip or (lambda: load_clip(settings))
+        self._clip: ClipModel | None = None
+        self._clip_lock = threading.Lock()
+        allow_pixels_up_to(settings.max_image_pixels)
 
-    def _is_current(self, known: KnownItem | None) -> bool:
-        """Already stored with every active policy's current version (or a recorded bad-image error)."""
-        if self.force or known is None or known.status is ItemStatus.DELETED:
-            return False  # a deleted object seen again was re-uploaded: score it anew
-        if known.status is ItemStatus.SKIPPED:
-            return True  # refused by a source rule (archive member): same fingerprint, same refusal
-        if known.status is ItemStatus.ERROR:
-            return known.sha256 is not None  # bytes were read: the error is about the image, not the fetch
-        return all(
-            known.policy_versions.get(name) == v and known.policy_models.get(name) == self.p.policy_models[name]
-            for name, v in self.p.versions.items()
-        )
+    def clip(self) -> ClipModel:
+        """The model, loaded on first need (raises ScorerUnavailable without weights)."""
+        with self._clip_lock:
+            if self._clip is None:
+                self._clip = self._load_clip()
+            return self._clip
 
-    def prepare(self, batch: list[SourceItem]) -> list[PreparedItem]:
-        timer = self.p.timer
-        with timer.time("lookup"):
-            known = self.p.store.known_items([i.uri for i in batch])
-        out: list[PreparedItem] = []
-        for item in batch:
-            k = known.get(item.uri)
-            if item.fingerprint and k and k.fingerprint == item.fingerprint and self._is_current(k):
-                self._count_unchanged(1)
-                continue
-            prepared = PreparedItem(item)
-            if item.skip_reason:
-                prepared.fail(ItemStatus.SKIPPED, "skipped", item.skip_reason)
-            out.append(prepared)
+    def batches(self, items: Iterable[SourceItem]) -> Generator[list[PreparedItem], None, None]:
+        """Every item that needs work, in order, a batch at a time, ready to score.
 
-        list(self.pool.map(self._read, [p for p in out if p.status is ItemStatus.OK]))
-        kept = []
-        touched: dict[str, str] = {}
-        for p in out:
-            k = known.get(p.item.uri)
-            if p.sha256 and k and k.sha256 == p.sha256 and self._is_current(k):
-                # Same bytes: unchanged whatever the fingerprint says (a touched file). The new
-                # fingerprint is stored so the next scan skips it without reading.
-                if p.item.fingerprint and k.fingerprint != p.item.fingerprint:
-                    touched[p.item.uri] = p.item.fingerprint
-                self._count_unchanged(1)
-                continue
-            kept.append(p)
-        if touched:
-            with timer.time("store"):
-                self.p.store.update_fingerprints(touched)
-        self._byte_policies(kept)
-        self._load_embeddings(kept)
-        todo = [p for p in kept if p.status is ItemStatus.OK and not p.settled and self._needs_decode(p)]
-        first: dict[str | None, PreparedItem] = {}
-        twins = [(p, first.setdefault(p.sha256, p)) for p in todo]
-        list(self.pool.map(self._decode, first.values()))
-        for p, original in twins:  # identical bytes in one batch are decoded and embedded once
-            if p is not original:
-                p.frames = original.frames
-                p.item.meta.update({k: original.item.meta.get(k) for k in _META_KEYS})
-                if original.status is not ItemStatus.OK:
-                    p.fail(original.status, original.reason or "error", original.error or "")
-        for p in kept:
-            p.data = None
-        return kept
+        Three stages run at once: a thread pulling batches from the source (listing, archive
+        streams), a thread preparing the next batch (bytes, hashes, byte stage, decode in the
+        pool) and the caller's thread (the model here, then whatever the caller does with the
+        batch). Closing the generator stops the background threads.
+        """
+        readers = ThreadPoolExecutor(decode_workers(self.settings), thread_name_prefix="moderator-read")
+        with decode_pool(self.settings) as pool, readers:
+            reader = prefetch(timed(chunked(items, self.settings.batch_size), self.timer, "source"), same)
+            ready = prefetch(reader, lambda chunk: self.prepare(chunk, pool, readers))
+            try:
+                for batch in ready:
+                    self.embed(batch)
+                    yield batch
+            finally:
+                ready.close()
+
+    def prepare_all(self, items: Iterable[SourceItem]) -> list[PreparedItem]:
+        """batches() flattened: for a few items (policy test, search by image)."""
+        return [p for batch in self.batches(items) for p in batch]
+
+    def prepare(self, batch: list[SourceItem], pool: DecodePool, readers: Executor) -> list[PreparedItem]:
+        """Read (in threads), byte stage, skip, stored embeddings, decode (in the pool): everything before the model."""
+        if self.skip is not None:
+            batch = self.skip.before_read(batch)
+        items = [PreparedItem(item) for item in batch]
+        for p in items:
+            if p.item.skip_reason:
+                p.fail(ItemStatus.SKIPPED, "skipped", p.item.skip_reason)
+        list(readers.map(self._read, [p for p in items if p.ok]))
+        if self.byte_stage is not None:
+            self.byte_stage(items)
+        if self.skip is not None:
+            items = self.skip.after_read(items)
+        self._load_embeddings(items)
+        self._decode(items, pool)
+        for p in items:
+            p.data = None  # byte scorers have run; nothing later reads the bytes
+        return items
 
     def _read(self, p: PreparedItem) -> None:
-        limit = self.p.settings.max_image_bytes
+        limit = self.settings.max_image_bytes
         if p.item.size is not None and p.item.size > limit:
             p.fail(ItemStatus.ERROR, "too_large", f"{p.item.size} bytes is over MODERATOR_MAX_IMAGE_BYTES={limit}")
             return
-        with self.p.timer.time("read"):
+        with self.timer.time("read"):
             try:
                 data = p.item.read()
             except Exception as exc:  # any source failure is this item's error; the batch goes on
-                p.fail(ItemStatus.ERROR, "read_failed", f"could not read: {type(exc).__name__}: {exc}")
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                p.fail(ItemStatus.ERROR, "read_failed", f"cannot read: {why}")
                 return
         p.size = len(data)
         p.sha256 = hashlib.sha256(data).hexdigest()
@@ -147,58 +287,111 @@ class Preparer:
             return
         p.data = data
 
-    def _byte_policies(self, items: list[PreparedItem]) -> None:
-        ready = [p for p in items if p.status is ItemStatus.OK]
-        if not ready or not self.p.byte_policies:
-            return
-        batch = ScoringBatch(sha256=[p.sha256 or "" for p in ready], data=[p.data or b"" for p in ready])
-        with self.p.timer.time("score_bytes"):
-            for policy in self.p.byte_policies:
-                for p, result in zip(ready, policy.evaluate(batch), strict=True):
-                    p.results.append(result)
-        for p in ready:
-            # A known-bad exact match is final: no decoding, no model work for it.
-            p.settled = any(r.action is Action.BLOCK for r in p.results)
-
     def _load_embeddings(self, items: list[PreparedItem]) -> None:
-        if not self.p.needs_embeddings:
+        if not self.needs.embeddings or self.store is None:
             return
-        shas = sorted({p.sha256 for p in items if p.sha256 and p.status is ItemStatus.OK and not p.settled})
-        if not shas:
+        wanted = [p for p in items if p.sha256 and p.ok and not p.settled]
+        if not wanted:
             return
-        with self.p.timer.time("lookup"):
-            stored = self.p.store.load_embeddings(shas, self.p.model_id)
-        for p in items:
+        with self.timer.time("lookup"):
+            stored = self.store.load_embeddings(sorted({p.sha256 for p in wanted if p.sha256}), self.model_id)
+        for p in wanted:
             if p.sha256 in stored:
                 p.embedding = stored[p.sha256].astype("float32")
 
-    def _needs_decode(self, p: PreparedItem) -> bool:
-        return self.p.needs_images or p.embedding is None
+    def _decode(self, items: list[PreparedItem], pool: DecodePool) -> None:
+        todo = [p for p in items if p.ok and not p.settled and (self.needs.images or p.embedding is None)]
+        first: dict[str | None, PreparedItem] = {}
+        twins = [(p, first.setdefault(p.sha256, p)) for p in todo]  # identical bytes: decoded and embedded once
+        originals = list(first.values())
+        model_input = [self.needs.embeddings and p.embedding is None for p in originals]
+        specs = {flag: self._spec(model_input=flag) for flag in set(model_input)}
+        requests = [specs[f].request() for f in model_input]
+        outcomes: dict[int, DecodeOutcome] = self._decode_on_device(originals, model_input)
+        rest = [i for i in range(len(originals)) if i not in outcomes]  # the CPU path: the worker processes
+        done = pool.map(decode_frames, [originals[i].data or b"" for i in rest], [requests[i] for i in rest])
+        outcomes.update(zip(rest, map(to_outcome, done), strict=True))
+        for p, outcome in zip(originals, (outcomes[i] for i in range(len(originals))), strict=True):
+            for stage, seconds in outcome.seconds.items():
+                self.timer.add(stage, seconds)
+            p.item.meta.update(outcome.meta)
+            if outcome.reason is not None:
+                p.fail(ItemStatus.ERROR, outcome.reason, outcome.error or outcome.reason)
+                continue
+            p.frames, p.pixels = outcome.frames, outcome.pixels
+        for p, original in twins:
+            if p is not original:
+                p.frames = original.frames
+                p.item.meta.update({k: original.item.meta.get(k) for k in META_KEYS})
+                if not original.ok:
+                    p.fail(original.status, original.reason or "error", original.error or "")
 
-    def _decode(self, p: PreparedItem) -> None:
-        settings = self.p.settings
-        try:
-            with self.p.timer.time("decode"):
-                decoded = decode_image(
-                    p.data or b"",
-                    max_pixels=settings.max_image_pixels,
-                    max_frames=settings.max_frames,
-                    draft_size=self.draft_size,
-                )
-        except DecodeError as exc:
-            p.fail(ItemStatus.ERROR, str(exc.reason), str(exc))
+    def _decode_on_device(self, originals: list[PreparedItem], model_input: list[bool]) -> dict[int, DecodeOutcome]:
+        """JPEGs needing model input, decoded on the GPU in this process (never in a forked worker), by index;
+        what the GPU decoder does not take is left out, for the CPU path to decode and judge."""
+        clip = self.clip() if self.settings.gpu_decode and any(model_input) else None
+        if clip is None or not clip.device.startswith("cuda"):
+            return {}
+        from moderator.models.gpu_decode import DeviceJpegDecoder, device_mode
+
+        if device_mode(clip.crop) is None:
+            return {}
+        decoder = DeviceJpegDecoder(
+            clip.crop,
+            clip.device,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_image_bytes,
+            frame_size=IMAGE_DRAFT if self.needs.images else None,
+        )
+        wanted = [i for i, flag in enumerate(model_input) if flag]
+        with self.timer.time("decode"):
+            results = decoder.decode([originals[i].data or b"" for i in wanted])
+        return {
+            i: DecodeOutcome(
+                meta={"format": "JPEG", "width": r.width, "height": r.height, "frames": 1},
+                frames=[r.frame] if r.frame is not None else None,
+                pixels=r.pixels,
+            )
+            for i, r in zip(wanted, results, strict=True)
+            if r is not None
+        }
+
+    def _spec(self, *, model_input: bool) -> DecodeSpec:
+        clip = self.clip() if model_input else None
+        draft = max(clip.image_size if clip else 0, IMAGE_DRAFT if self.needs.images or not clip else 0)
+        return DecodeSpec(
+            max_pixels=self.settings.max_image_pixels,
+            max_frames=self.settings.max_frames,
+            draft_size=draft,
+            keep_frames=self.needs.images,
+            crop=clip.crop if clip else None,
+        )
+
+    def embed(self, items: Sequence[PreparedItem]) -> None:
+        """Model inputs -> embeddings, in model batches; new ones stored (float16) and used as stored."""
+        todo = [p for p in items if p.pixels is not None and p.embedding is None]
+        if not todo:
             return
-        p.item.meta.update(_image_meta(decoded))
-        if self.p.needs_images:
-            p.frames = decoded.frames
-        clip = self.p.clip
-        if clip is not None and p.embedding is None:
-            with self.p.timer.time("preprocess"):
-                p.pixels = clip.preprocess_batch(decoded.frames)
+        import numpy as np
+        import torch
 
-
-_META_KEYS = ("format", "width", "height", "frames")
-
-
-def _image_meta(decoded: Any) -> dict[str, Any]:
-    return {"format": decoded.format, "width": decoded.width, "height": decoded.height, "frames": decoded.n_frames}
+        clip = self.clip()
+        with self.timer.time("embed"):
+            pixels = torch.cat([p.pixels for p in todo if p.pixels is not None])
+            size = self.settings.batch_size
+            features = np.concatenate([clip.encode_images(pixels[i : i + size]) for i in range(0, len(pixels), size)])
+        new: dict[str, np.ndarray] = {}
+        row = 0
+        for p in todo:
+            n = len(p.pixels) if p.pixels is not None else 0
+            stored = features[row : row + n].astype(np.float16)  # scored exactly as stored
+            row += n
+            p.embedding, p.pixels = stored.astype(np.float32), None
+            if p.sha256:
+                new[p.sha256] = stored
+        if self.store is not None and self.save:
+            with self.timer.time("store_embeddings"):
+                self.store.save_embeddings(new, self.model_id)
+        for p in items:  # identical bytes in one batch are embedded once
+            if p.embedding is None and p.sha256 in new and p.ok:
+                p.embedding = new[p.sha256].astype(np.float32)

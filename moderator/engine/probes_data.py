@@ -1,6 +1,6 @@
 """Training data for linear probes: a labelled dataset's images, or reviewer labels in the store.
 
-Reviewer labels (moderator/store/review_tables.ReviewLabel) say that content (a
+Reviewer labels (moderator/store/tables.ReviewLabel) say that content (a
 sha256) is or is not a policy's class. The latest label per (content, class)
 counts: a reviewer may correct an earlier one. Labels without a policy name count
 for a class of that name. Only content with a stored embedding of the model is used.
@@ -14,20 +14,23 @@ import numpy as np
 from sqlalchemy import or_, select
 
 from moderator.datasets import Dataset
-from moderator.engine.embed import EmbeddedFile
-from moderator.policy.schema import PolicySpec
+from moderator.engine.prepare import PreparedItem
 from moderator.engine.probes import LabelledEmbeddings, item_features
+from moderator.policy.schema import PolicySpec
 from moderator.store import Store
-from moderator.store.review_tables import ReviewLabel
+from moderator.store.tables import ReviewLabel
 
 
-def from_dataset(dataset: Dataset, embedded: Sequence[EmbeddedFile]) -> tuple[LabelledEmbeddings, list[str]]:
-    """(training data, errors): files that could not be embedded are left out and reported."""
+def from_dataset(dataset: Dataset, embedded: Sequence[PreparedItem]) -> tuple[LabelledEmbeddings, list[str]]:
+    """(training data, errors): files that could not be embedded are left out and reported.
+
+    `embedded`: one prepared item per dataset image, in order.
+    """
     classes = dataset.classes
     shas, rows, target, errors = [], [], [], []
     for f, label in zip(embedded, dataset.labels, strict=True):
         if f.embedding is None or f.sha256 is None:
-            errors.append(f"{f.path}: {f.error}")
+            errors.append(f"{f.item.uri}: {f.error}")
             continue
         shas.append(f.sha256)
         rows.append(item_features(f.embedding))

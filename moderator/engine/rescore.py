@@ -2,9 +2,8 @@
 
 Scores come from the policy's own scorer (so a plugin such as linear_probe works the
 same), fed chunk by chunk from one float16 matrix of every stored embedding; each
-distinct sha256 is scored once however many items share it. Decisions are the
-vectorised form of decide.fire (most severe band reached, score >= threshold),
-checked against decide.decide in the tests. Second opinions are applied as the
+distinct sha256 is scored once however many items share it. Decisions come from
+decide.apply_rules, the rule a scan applies too. Second opinions are applied as the
 pipeline applies them (decide.apply_second_opinions), judged against the other
 policies' stored results; a stored result of another policy is not revisited here.
 """
@@ -18,7 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moderator.decide import DecisionRules, SecondOpinionRule, apply_second_opinions, second_opinion_rules
+from moderator.decide import (
+    Decided,
+    SecondOpinionRule,
+    apply_rules,
+    apply_second_opinions,
+    policy_result,
+    second_opinion_rules,
+)
 from moderator.engine.compile import CompiledPolicy
 from moderator.scorers import ScorerInput, ScoringBatch
 from moderator.store import Store
@@ -30,43 +36,34 @@ from moderator.store.bulk import (
     save_results,
     stored_results,
 )
-from moderator.store.result_json import EncodedResult, ResultEncoder, encode_result
-from moderator.types import Action, FiredClass, PolicyResult
+from moderator.store.results import EncodedResult, ResultEncoder, encode_result
+from moderator.types import PolicyResult
 
 SCORE_CHUNK = 4096  # distinct embeddings per scorer call
-ACTIONS = (Action.ALLOW, Action.TAG, Action.REVIEW, Action.BLOCK)  # index = severity
 
 
 @dataclass(frozen=True)
 class MatrixScores:
-    """A policy's scores over an EmbeddingMatrix: row i is matrix.shas[i]."""
+    """A policy's scores over an EmbeddingMatrix (row i is matrix.shas[i]) and what the rule decided."""
 
-    scores: np.ndarray  # [S, C] in [0, 1]
+    scores: np.ndarray  # float64 [S, C] in [0, 1]
     evidence: list[list[str]]
-    severity: np.ndarray  # int8 [S, C]: 0 not fired, else the fired action's severity
-    threshold: np.ndarray  # [S, C]: threshold of the band that fired (NaN when none)
+    decided: Decided
+
+    @property
+    def severity(self) -> np.ndarray:
+        """int8 [S, C]: 0 not fired, else the fired action's severity."""
+        return self.decided.severity
+
+    @property
+    def threshold(self) -> np.ndarray:
+        """[S, C]: threshold of the band that fired (NaN when none)."""
+        return self.decided.threshold
 
     @property
     def action(self) -> np.ndarray:
         """int8 [S]: the policy's action severity per row."""
-        if self.severity.shape[1] == 0:
-            return np.zeros(self.severity.shape[0], np.int8)
-        return np.asarray(self.severity.max(axis=1), dtype=np.int8)
-
-
-def fire_matrix(rules: DecisionRules, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and class, the severity and threshold of the most severe band reached."""
-    n, c = scores.shape
-    if c != len(rules.classes):
-        raise ValueError(f"{len(rules.classes)} classes but scores of shape {scores.shape}")
-    severity = np.zeros((n, c), np.int8)
-    threshold = np.full((n, c), np.nan)
-    for j, bands in enumerate(rules.bands):
-        for band in bands:  # thresholds rise with severity, so a later band reached wins
-            reached = (scores[:, j] >= band.threshold) & (band.action.severity > severity[:, j])
-            severity[reached, j] = band.action.severity
-            threshold[reached, j] = band.threshold
-    return severity, threshold
+        return self.decided.action
 
 
 def check_rescorable(policy: CompiledPolicy) -> None:
@@ -93,39 +90,19 @@ def score_matrix(policy: CompiledPolicy, matrix: EmbeddingMatrix, *, chunk: int 
         parts.append(np.asarray(out.scores, dtype=np.float64))
         evidence.extend(out.evidence)
     scores = np.concatenate(parts) if parts else np.zeros((0, n_classes))
-    severity, threshold = fire_matrix(policy.rules, scores)
-    return MatrixScores(scores, evidence, severity, threshold)
+    return MatrixScores(scores, evidence, apply_rules(policy.rules, scores))
 
 
 def result_at(policy: CompiledPolicy, scored: MatrixScores, row: int) -> PolicyResult:
     """The PolicyResult of one row, as decide.decide would build it."""
-    return _result(
-        policy,
+    return policy_result(
+        policy.rules,
+        policy.meta,
         scored.scores[row].tolist(),
         scored.severity[row].tolist(),
         scored.threshold[row].tolist(),
         scored.evidence[row],
-    )
-
-
-def _result(
-    policy: CompiledPolicy, values: list[float], severity: list[int], threshold: list[float], evidence: list[str]
-) -> PolicyResult:
-    classes = policy.rules.classes
-    fired = tuple(
-        FiredClass(name=classes[j], action=ACTIONS[sev], score=values[j], threshold=threshold[j], evidence=evidence[j])
-        for j, sev in enumerate(severity)
-        if sev
-    )
-    meta = policy.meta
-    return PolicyResult(
-        policy=meta.policy,
-        policy_version=meta.policy_version,
-        scorer=meta.scorer,
-        model_id=meta.model_id,
-        scores=dict(zip(classes, values, strict=True)),
-        fired=fired,
-        action=ACTIONS[max(severity, default=0)],
+        int(scored.action[row]),
     )
 
 
@@ -133,10 +110,10 @@ def encoded_rows(policy: CompiledPolicy, scored: MatrixScores, rows: np.ndarray)
     """Matrix row -> encode_result(result_at(policy, scored, row)), for each distinct row given."""
     wanted = np.unique(rows)
     values, severity = scored.scores[wanted].tolist(), scored.severity[wanted].tolist()
-    threshold = scored.threshold[wanted].tolist()
+    threshold, action = scored.threshold[wanted].tolist(), scored.action[wanted].tolist()
     encoder = ResultEncoder(policy.rules.classes)
     return {
-        row: encoder.encode(values[i], severity[i], threshold[i], scored.evidence[row])
+        row: encoder.encode(values[i], severity[i], threshold[i], scored.evidence[row], action[i])
         for i, row in enumerate(wanted.tolist())
     }
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from moderator.settings import Settings
 from moderator.store import Store
 from moderator.store.bulk import EmbeddingMatrix, embeddings_key, gc_paused, load_embedding_matrix, uris_by_sha
+from moderator.types import SourceItem
 
 CHUNK = 16384  # float16 rows converted to float32 at a time (32 MiB at 512-d)
 TEXT_CACHE = 1024  # text query embeddings kept per process
@@ -110,14 +110,15 @@ def text_query(settings: Settings, text: str) -> np.ndarray:
     return vector
 
 
-def image_query(settings: Settings, path: Path, store: Store | None = None) -> np.ndarray:
-    """The embedding of an example image (its stored one when the store has it); ValueError if unreadable."""
-    from moderator.engine.embed import embed_files
+def image_query(settings: Settings, image: SourceItem, store: Store | None = None) -> np.ndarray:
+    """The embedding of an example image (its stored one when the store has it, never saved); ValueError
+    naming the image if it cannot be read or decoded. items_from_files / items_from_bytes make `image`."""
+    from moderator.engine.prepare import Needs, Preparer
     from moderator.engine.probes import item_features
 
-    (found,) = embed_files([path], settings, store=store, save=False)
+    (found,) = Preparer(settings, Needs(embeddings=True), store=store, save=False).prepare_all([image])
     if found.embedding is None:
-        raise ValueError(f"{path}: {found.error}")
+        raise ValueError(f"{image.uri}: {found.error}")
     return item_features(found.embedding)
 
 

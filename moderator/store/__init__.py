@@ -1,7 +1,34 @@
-"""Storage: items, embeddings, per-policy results and jobs in SQLite or PostgreSQL."""
+"""Storage: items, embeddings, per-policy results and jobs in SQLite or PostgreSQL.
 
-from moderator.store.records import ExportFilters, ExportRow, ItemRecord, JobInfo, KnownItem, StoreCounts
-from moderator.store.repository import Store
+tables.py      every table (scan results, review UI, S3 event state) on one Base
+engine.py      engines, where a store is and whether it exists, migrations
+results.py     a result's stored text, the one results upsert, the one decision refresh
+repository.py  Store: items, embeddings, jobs, counts (what scans and workers call)
+jobs.py        job rows;  batches.py: the batch ledger of queued jobs
+export.py      streaming export rows
+bulk.py        whole-store reads and writes (rescore, policy diff, search)
+"""
+
+from moderator.store.batches import BatchState, Delivery, JobBatches, NewBatch, QueuedBatch
+from moderator.store.engine import StoreNotFound
+from moderator.store.export import ExportFilters, ExportRow
+from moderator.store.jobs import JobInfo
+from moderator.store.repository import ItemRecord, KnownItem, Store, StoreCounts
 from moderator.store.tables import JobState
 
-__all__ = ["ExportFilters", "ExportRow", "ItemRecord", "JobInfo", "JobState", "KnownItem", "Store", "StoreCounts"]
+__all__ = [
+    "BatchState",
+    "Delivery",
+    "JobBatches",
+    "NewBatch",
+    "QueuedBatch",
+    "ExportFilters",
+    "ExportRow",
+    "ItemRecord",
+    "JobInfo",
+    "JobState",
+    "KnownItem",
+    "Store",
+    "StoreCounts",
+    "StoreNotFound",
+]

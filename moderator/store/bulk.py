@@ -3,8 +3,8 @@
 These touch every stored item, so they avoid per-row work: plain DBAPI rows (no
 ORM objects, no per-row type processing), embeddings back in one query as one
 float16 matrix (the blobs joined, then one np.frombuffer), re-scored results
-written by one executemany of tuples whose JSON is encoded exactly as
-Store.save_items encodes it, and decisions refreshed by one UPDATE statement.
+written through the same upsert and decision refresh as Store.save_items
+(store/results.py): one executemany, one UPDATE.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import func, select
 
-from moderator.store.repository import VECTOR_DTYPE, Store, _chunks, _table
-from moderator.store.result_json import EncodedResult
-from moderator.store.tables import Embedding, Item, Result, utcnow
+from moderator.decide import PolicyMeta
+from moderator.store.engine import chunks, driver_sql
+from moderator.store.repository import Store
+from moderator.store.results import EncodedResult, refresh_decisions, severity_sql, upsert_results
+from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Result
 from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
-
-if TYPE_CHECKING:
-    from moderator.decide import PolicyMeta
 
 
 @contextmanager
@@ -72,11 +70,6 @@ class EmbeddingMatrix:
         return np.split(block, cuts) if cuts else [block]
 
 
-def _sql(conn: Connection, statement: str) -> str:
-    """A statement written with ? placeholders, in the driver's own paramstyle."""
-    return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
-
-
 def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
     """One query for the embeddings of `model_id` of scored items (status ok), sorted by sha256.
 
@@ -88,7 +81,7 @@ def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
     )
     with store.session() as s:
         conn = s.connection()
-        rows = conn.exec_driver_sql(_sql(conn, query), (model_id, ItemStatus.OK.value)).all()
+        rows = conn.exec_driver_sql(driver_sql(conn, query), (model_id, ItemStatus.OK.value)).all()
     if not rows:
         return EmbeddingMatrix(model_id, [], np.zeros((0, 0), np.float16), np.zeros(1, np.int64))
     shas, frame_counts, dim_values, blobs = zip(*rows, strict=True)
@@ -115,7 +108,7 @@ def load_scored_items(store: Store) -> StoredItems:
     query = "SELECT id, uri, sha256 FROM items WHERE status = ? AND sha256 IS NOT NULL ORDER BY id"
     with store.session() as s:
         conn = s.connection()
-        rows = conn.exec_driver_sql(_sql(conn, query), (ItemStatus.OK.value,)).all()
+        rows = conn.exec_driver_sql(driver_sql(conn, query), (ItemStatus.OK.value,)).all()
     if not rows:
         return StoredItems([], [], [])
     ids, uris, shas = zip(*rows, strict=True)
@@ -126,7 +119,7 @@ def stored_actions(store: Store, leave_out: Iterable[str] = ()) -> dict[int, int
     """item id -> the most severe action (as severity) of its stored results, except those of
     the policies left out; items with no such result are left out."""
     skip = list(leave_out)
-    stmt = select(Result.item_id, func.max(_severity(Result.action))).group_by(Result.item_id)
+    stmt = select(Result.item_id, func.max(severity_sql(Result.action))).group_by(Result.item_id)
     if skip:
         stmt = stmt.where(Result.policy.not_in(skip))
     with store.session() as s:
@@ -142,7 +135,7 @@ def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int
     cols = (Result.item_id, Result.policy, Result.policy_version, Result.scorer, Result.model_id, Result.action)
     with store.session() as s:
         conn = s.connection()
-        for chunk in _chunks(dict.fromkeys(item_ids)):
+        for chunk in chunks(dict.fromkeys(item_ids)):
             stmt = select(*cols, Result.scores, Result.fired).where(Result.policy.in_(names), Result.item_id.in_(chunk))
             for item_id, policy, version, scorer, model_id, action, scores, fired in conn.execute(stmt):
                 found = tuple(
@@ -155,59 +148,18 @@ def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int
     return out
 
 
-def _severity(action: Any) -> Any:
-    """SQL: the severity of an action column (0 for allow)."""
-    return case({a.value: a.severity for a in Action}, value=action, else_=0)
-
-
 def save_results(store: Store, meta: PolicyMeta, rows: Sequence[tuple[int, EncodedResult]]) -> int:
     """Upsert one policy's results, (item id, encoded result) pairs, and refresh decisions; returns
     decisions changed. `meta` names the policy, its version, scorer and model.
 
-    One transaction. A decision is the most severe action over all the item's stored results,
-    recomputed in SQL inside the transaction (another writer's results count too) for the
-    scored items holding a result of this policy, and written only where it changed.
+    One transaction. Decisions are refreshed (store/results.py) for the scored items holding
+    a result of this policy, over all their stored results (another writer's count too).
     """
-    results = _table(Result)
-    columns = ("item_id", "policy", "policy_version", "scorer", "model_id", "action", "scores", "fired", "tags")
-    replaced = [*columns[2:], "created_at"]
+    head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
     with store.session() as s:
         conn = s.connection()
-        created = results.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        now = created(utcnow()) if created else utcnow()
-        json_slot = "CAST(? AS JSONB)" if conn.dialect.name == "postgresql" else "?"
-        slots = ", ".join(["?"] * 6 + [json_slot] * 3 + ["?"])
-        upsert = (
-            f"INSERT INTO {results.name} ({', '.join(columns)}, created_at) VALUES ({slots}) "
-            f"ON CONFLICT (item_id, policy) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in replaced)}"
-        )
-        head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
-        params = [(item_id, *head, *encoded, now) for item_id, encoded in rows]
-        if params:
-            conn.exec_driver_sql(_sql(conn, upsert), params)  # type: ignore[arg-type]
-        return _refresh_decisions(conn, meta.policy)
-
-
-def _refresh_decisions(conn: Connection, policy: str) -> int:
-    items = _table(Item)
-    decision = case({a.severity: a.value for a in Action}, value=func.max(_severity(Result.action)))
-    holders = select(Result.item_id).where(Result.policy == policy)
-    agg = (
-        select(Result.item_id.label("item_id"), decision.label("decision"))
-        .where(Result.item_id.in_(holders))
-        .group_by(Result.item_id)
-        .subquery()
-    )
-    stmt = (
-        update(items)
-        .where(
-            items.c.id == agg.c.item_id,
-            items.c.status == ItemStatus.OK,
-            items.c.decision.is_distinct_from(agg.c.decision),
-        )
-        .values(decision=agg.c.decision)
-    )
-    return int(conn.execute(stmt).rowcount)
+        upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
+        return refresh_decisions(conn, policy=meta.policy)
 
 
 def embeddings_key(store: Store, model_id: str) -> object:
@@ -230,7 +182,7 @@ def uris_by_sha(store: Store, shas: Iterable[str]) -> dict[str, list[str]]:
     """sha256 -> the uris of items with those bytes (any status), in id order."""
     out: dict[str, list[str]] = defaultdict(list)
     with store.session() as s:
-        for chunk in _chunks(dict.fromkeys(shas)):
+        for chunk in chunks(dict.fromkeys(shas)):
             stmt = select(Item.sha256, Item.uri).where(Item.sha256.in_(chunk)).order_by(Item.id)
             for sha, uri in s.connection().execute(stmt):
                 out[str(sha)].append(uri)

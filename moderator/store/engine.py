@@ -1,21 +1,61 @@
-"""Engines: SQLite tuned for a single-machine scan, PostgreSQL by URL."""
+"""Opening a store: the engine (SQLite tuned for a single-machine scan, PostgreSQL by URL),
+where the store is, whether it exists, and its migrations (Alembic, run programmatically:
+no alembic.ini, the scripts ship inside the package).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.pool import StaticPool
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+if TYPE_CHECKING:
+    from alembic.config import Config
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Keys per IN (...) list: far below every backend's bound-parameter limit.
+CHUNK = 500
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Every module that maps tables onto Base: autogenerate, and the test that the migrations
+# build exactly these tables, only see imported modules.
+TABLE_MODULES = ("moderator.store.tables",)
+# Any fixed number: serialises concurrent upgrades (several workers starting at once).
+_PG_LOCK_KEY = 0x6D6F6465
 # Source metadata may hold datetimes and the like: store their text, never fail a batch on it.
 _json_serializer = partial(json.dumps, default=str, ensure_ascii=False)
+
+T = TypeVar("T")
+
+
+class StoreNotFound(Exception):
+    """There is no store at the URL, and the caller asked not to create one. One-line message with the fix."""
+
+
+def chunks(values: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def driver_sql(conn: Connection, statement: str) -> str:
+    """A statement written with ? placeholders, in the driver's own paramstyle."""
+    return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
+
+
+# -- engines ---------------------------------------------------------------------------------
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -28,6 +68,24 @@ def normalise_url(url: str | URL) -> URL:
 
 def _is_memory(u: URL) -> bool:
     return not u.database or u.database == ":memory:" or u.query.get("mode") == "memory"
+
+
+def _sqlite_file(u: URL) -> Path | None:
+    """The file of a SQLite URL (None for memory and file: URIs)."""
+    if u.get_backend_name() != "sqlite" or _is_memory(u) or not u.database or u.database.startswith("file:"):
+        return None
+    return Path(u.database).expanduser()
+
+
+def location(url: str | URL) -> str:
+    """Where the store is, for people: the absolute path of a SQLite file, else the URL without its password."""
+    u = normalise_url(url)
+    path = _sqlite_file(u)
+    if path is not None:
+        return str(path.absolute())
+    if u.get_backend_name() == "sqlite" and _is_memory(u):
+        return "memory (sqlite://, gone when the process ends)"
+    return u.render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -60,18 +118,111 @@ def _switch_to_wal(cursor: Any) -> None:
             delay = min(delay * 2, 0.5)
 
 
-def create_store_engine(url: str | URL) -> Engine:
+def create_store_engine(url: str | URL, *, create: bool = True) -> Engine:
+    """`create`: make the SQLite file's folder when missing (a scan on a fresh machine)."""
     u = normalise_url(url)
     if u.get_backend_name() != "sqlite":
         return create_engine(u, pool_pre_ping=True, json_serializer=_json_serializer)
     kwargs: dict[str, Any] = {}
+    path = _sqlite_file(u)
     if _is_memory(u):
         # One connection, or every checkout would see its own empty database.
         kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-    elif u.database and not u.database.startswith("file:"):
-        path = Path(u.database).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
+    elif path is not None:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         u = u.set(database=str(path))
     engine = create_engine(u, json_serializer=_json_serializer, **kwargs)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+# -- existence -------------------------------------------------------------------------------
+
+_FIX = "give the right --database-url (or MODERATOR_DATABASE_URL), or run `moderator scan` to create a store"
+
+
+def check_file_exists(url: str | URL) -> None:
+    """StoreNotFound for a SQLite URL whose file is missing (checked before anything creates it)."""
+    u = normalise_url(url)
+    path = _sqlite_file(u)
+    if path is None or (path.is_file() and path.stat().st_size > 0):
+        return
+    raw = u.render_as_string(hide_password=True)
+    hint = ""
+    if not path.is_absolute() and Path("/", path).exists():
+        hint = f"; did you mean sqlite:////{path}? an absolute path takes four slashes"
+    raise StoreNotFound(f"no store at {path.absolute()} (from {raw}{hint}): {_FIX}")
+
+
+def check_schema_exists(engine: Engine) -> None:
+    """StoreNotFound when the database holds no store (never migrated: no alembic_version table)."""
+    with engine.connect() as conn:
+        found = inspect(conn).has_table("alembic_version")
+    if not found:
+        raise StoreNotFound(f"no store in {location(engine.url)} (the database has no moderator tables): {_FIX}")
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+def load_table_modules() -> None:
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+
+
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    """A Config for alembic.command (upgrade, revision --autogenerate, history...)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        # ConfigParser interpolation: a literal % in a password must be doubled.
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def current_revisions(conn: Connection) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to head; cheap when it is there already."""
+    from alembic import command
+
+    with engine.connect() as conn:
+        at_head = current_revisions(conn) == head_revisions()
+        conn.rollback()
+        if at_head:
+            return
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations recreate tables; with foreign keys on, dropping the old
+            # items table would cascade-delete results. The pragma is ignored inside a
+            # transaction, hence before it, and restored before the connection is pooled.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            # One outer transaction: Alembic sees it as external and commits nothing
+            # itself, so the lock below is held until every revision is applied.
+            with conn.begin():
+                if sqlite:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                command.upgrade(alembic_config(connection=conn), "head")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()

@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from itertools import groupby
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Row, Select, exists, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from moderator.store.records import ExportFilters, ExportRow
 from moderator.store.tables import Item, Result
-from moderator.types import Action
+from moderator.types import Action, ItemStatus
+
+
+class ExportFilters(BaseModel):
+    """Which items `Store.iter_export` yields; every filter given must match."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision: Action | None = None
+    status: ItemStatus | None = None
+    tag: str | None = None  # a tag name in any policy's tags
+    policy: str | None = None  # items with a stored result of this policy (rows still carry all policies)
+    uri_prefix: str | None = None
+    updated_since: datetime | None = None  # inclusive
+    updated_until: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    """One item with every policy's verdict on it."""
+
+    uri: str
+    sha256: str | None
+    size: int | None
+    status: ItemStatus
+    error: str | None
+    decision: Action | None
+    tags: list[str]  # sorted union over policies
+    flags: list[str]  # "policy/class" for every class that fired review or block
+    scores: dict[str, dict[str, float]]  # policy -> class -> score
+    policy_versions: dict[str, str]  # policy -> version
+    model_ids: dict[str, str]  # policy -> model id
+    actions: dict[str, Action]  # policy -> that policy's action
+    meta: dict[str, Any]
+    updated_at: datetime
 
 
 def _conditions(filters: ExportFilters, dialect: str) -> list[ColumnElement[bool]]:

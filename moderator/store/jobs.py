@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
-from moderator.store.records import JobInfo
 from moderator.store.tables import Job, JobState, utcnow
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    state: JobState
+    targets: list[str]
+    policies: list[str]
+    total: int | None
+    done: int
+    errors: int
+    skipped: int
+    message: str | None
+    created_at: datetime
+    updated_at: datetime
+    policies_not_run: dict[str, str] = field(default_factory=dict)  # policy -> why a worker could not run it
 
 
 def _info(job: Job) -> JobInfo:
@@ -26,6 +43,7 @@ def _info(job: Job) -> JobInfo:
         message=job.message,
         created_at=job.created_at,
         updated_at=job.updated_at,
+        policies_not_run=dict(job.policies_not_run or {}),
     )
 
 
@@ -83,6 +101,17 @@ def advance_job(session: Session, job_id: str, *, done: int = 0, errors: int = 0
     )
     values = {"done": Job.done + done, "errors": Job.errors + errors, "skipped": Job.skipped + skipped}
     _update(session, job_id, {**values, "state": state})
+
+
+def add_policies_not_run(session: Session, job_id: str, not_run: Mapping[str, str]) -> None:
+    """Merge policy -> reason into the job (workers may differ: the job keeps every policy some worker skipped).
+
+    Read under a row lock (PostgreSQL) or after this transaction's first write (SQLite): no merge is lost.
+    """
+    held = session.scalar(select(Job.policies_not_run).where(Job.id == job_id).with_for_update())
+    merged = {**(held or {}), **not_run}
+    if merged != held:
+        _update(session, job_id, {"policies_not_run": merged})
 
 
 def _update(session: Session, job_id: str, values: Mapping[str, Any]) -> None:

@@ -9,80 +9,99 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import numpy as np
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from moderator.store import jobs
-from moderator.store.engine import create_store_engine
-from moderator.store.export import iter_export
-from moderator.store.migrate import upgrade
-from moderator.store.records import ExportFilters, ExportRow, ItemRecord, JobInfo, KnownItem, StoreCounts
-from moderator.store.tables import Embedding, Item, Job, JobState, Result, utcnow
-from moderator.types import Action, ItemStatus, PolicyResult, most_severe
-
-# Keys per IN (...) list: far below every backend's bound-parameter limit.
-CHUNK = 500
-# Stored vectors are little-endian float16 whatever the machine.
-VECTOR_DTYPE = np.dtype("<f2")
-
-T = TypeVar("T")
-
-
-def _chunks(values: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for value in values:
-        chunk.append(value)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+from moderator.store.engine import (
+    check_file_exists,
+    check_schema_exists,
+    chunks,
+    create_store_engine,
+    location,
+    normalise_url,
+    upgrade,
+)
+from moderator.store.export import ExportFilters, ExportRow, iter_export
+from moderator.store.jobs import JobInfo
+from moderator.store.results import encode_result, refresh_decisions, upsert_results
+from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Job, JobState, Result, table_of, utcnow
+from moderator.types import Action, ItemStatus, PolicyResult
 
 
-def _table(model: type[Any]) -> Table:
-    table: Table = model.__table__
-    return table
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item's outcome, as the pipeline saves it (upserted by uri)."""
+
+    uri: str
+    sha256: str | None
+    size: int | None
+    fingerprint: str | None
+    status: ItemStatus
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    decision: Action | None = None
+    # Replace the stored result of each policy named here; other policies' results stay.
+    results: list[PolicyResult] = field(default_factory=list)
+    job_id: str | None = None
 
 
-def _result_row(item_id: int, result: PolicyResult, now: Any) -> dict[str, Any]:
-    return {
-        "item_id": item_id,
-        "policy": result.policy,
-        "policy_version": result.policy_version,
-        "scorer": result.scorer,
-        "model_id": result.model_id,
-        "action": result.action,
-        # float(): scorers hand over numpy scalars, which JSON cannot encode.
-        "scores": {name: float(score) for name, score in result.scores.items()},
-        "fired": [
-            {
-                "name": f.name,
-                "action": f.action.value,
-                "score": float(f.score),
-                "threshold": float(f.threshold),
-                "evidence": f.evidence,
-            }
-            for f in result.fired
-        ],
-        "tags": result.tags,
-        "created_at": now,
-    }
+@dataclass(frozen=True)
+class KnownItem:
+    """What a re-scan needs to decide whether an item can be skipped."""
+
+    sha256: str | None
+    fingerprint: str | None
+    status: ItemStatus
+    policy_versions: dict[str, str]  # policy -> version of its stored result
+    # policy -> model that produced it: the same policy on another model is not current
+    policy_models: dict[str, str] = field(default_factory=dict)
+
+
+class StoreCounts(TypedDict):
+    items: int
+    results: int
+    embeddings: int
+    jobs: int
+    by_status: dict[str, int]  # status value -> items
+    by_decision: dict[str, int]  # decision value -> items (items without one are left out)
 
 
 class Store:
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
-        self.engine = create_store_engine(url)
+    def __init__(self, url: str, *, create: bool = True, migrate: bool = True) -> None:
+        """Open (and migrate) the store at `url`.
+
+        create=False: refuse, with StoreNotFound, a store that does not exist (a missing
+        SQLite file, a database without the store's tables) instead of creating it empty:
+        for commands that only read, where a typo in the URL must not look like an empty store.
+        """
+        u = normalise_url(url)
+        if not create:
+            check_file_exists(u)
+        self.engine = create_store_engine(u, create=create)
         self.url = self.engine.url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if migrate:
-            upgrade(self.engine)
+        try:
+            if not create:
+                check_schema_exists(self.engine)
+            if migrate:
+                upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def __repr__(self) -> str:
         return f"Store({self.url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: a SQLite file's absolute path, else the URL without its password."""
+        return location(self.url)
 
     @property
     def dialect(self) -> str:
@@ -102,7 +121,7 @@ class Store:
         dialect = postgresql if self.dialect == "postgresql" else sqlite
         if self.dialect not in ("postgresql", "sqlite"):
             raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {self.dialect}")
-        return dialect.insert(_table(model))
+        return dialect.insert(table_of(model))
 
     # -- items -----------------------------------------------------------------------
 
@@ -110,7 +129,7 @@ class Store:
         """What is stored for these uris (unknown ones are left out)."""
         found: dict[str, KnownItem] = {}
         with self.session() as s:
-            for chunk in _chunks(dict.fromkeys(uris)):
+            for chunk in chunks(dict.fromkeys(uris)):
                 stmt = (
                     select(
                         Item.uri,
@@ -164,42 +183,22 @@ class Store:
         upsert_items = items.on_conflict_do_update(
             index_elements=["uri"], set_={c: items.excluded[c] for c in refreshed}
         ).returning(items.table.c.id, items.table.c.uri)
-        results = self._insert(Result)
-        replaced = ("policy_version", "scorer", "model_id", "action", "scores", "fired", "tags", "created_at")
-        upsert_results = results.on_conflict_do_update(
-            index_elements=["item_id", "policy"], set_={c: results.excluded[c] for c in replaced}
-        )
         with self.session() as s:
             conn = s.connection()
             stored = conn.execute(select(Item.uri, Item.sha256).where(Item.uri.in_(list(latest))))
             before = {uri: sha for uri, sha in stored}
             ids = {row.uri: row.id for row in conn.execute(upsert_items, item_rows)}
-            result_rows = [
-                _result_row(ids[r.uri], result, now)
+            results = [
+                (ids[r.uri], res.policy, res.policy_version, res.scorer, res.model_id, *encode_result(res))
                 for r in latest.values()
-                for result in {res.policy: res for res in r.results}.values()
+                for res in {res.policy: res for res in r.results}.values()
             ]
-            if result_rows:
-                conn.execute(upsert_results, result_rows)
+            upsert_results(conn, results, now)
             for uri, record in latest.items():
                 if uri in before and before[uri] != record.sha256:
                     kept = [res.policy for res in record.results]
                     conn.execute(delete(Result).where(Result.item_id == ids[uri], Result.policy.not_in(kept)))
-            self._refresh_decisions(conn, [ids[u] for u, r in latest.items() if r.status is ItemStatus.OK])
-
-    @staticmethod
-    def _refresh_decisions(conn: Any, item_ids: list[int]) -> None:
-        """Item decision = most severe action over all its stored results (not only this scan's)."""
-        if not item_ids:
-            return
-        actions: dict[int, list[Action]] = {i: [] for i in item_ids}
-        for item_id, action in conn.execute(select(Result.item_id, Result.action).where(Result.item_id.in_(item_ids))):
-            actions[item_id].append(Action(action))
-        rows = [{"b_id": i, "b_decision": most_severe(a)} for i, a in actions.items()]
-        stmt = (
-            update(_table(Item)).where(_table(Item).c.id == bindparam("b_id")).values(decision=bindparam("b_decision"))
-        )
-        conn.execute(stmt, rows)
+            refresh_decisions(conn, item_ids=[ids[u] for u, r in latest.items() if r.status is ItemStatus.OK])
 
     def mark_deleted(self, uri: str, *, job_id: str | None = None) -> bool:
         """Record that the source object is gone (results are kept); False if the uri is unknown."""
@@ -221,7 +220,7 @@ class Store:
         """Stored embeddings of this model: sha256 -> read-only float16 [frames, dim]."""
         found: dict[str, np.ndarray] = {}
         with self.session() as s:
-            for chunk in _chunks(dict.fromkeys(sha256s)):
+            for chunk in chunks(dict.fromkeys(sha256s)):
                 stmt = select(Embedding.sha256, Embedding.frames, Embedding.dim, Embedding.vector).where(
                     Embedding.model_id == model_id, Embedding.sha256.in_(chunk)
                 )
@@ -325,7 +324,7 @@ class Store:
         """
         if not mapping:
             return
-        table = _table(Item)
+        table = table_of(Item)
         stmt = update(table).where(table.c.uri == bindparam("b_uri")).values(fingerprint=bindparam("b_fingerprint"))
         with self.session() as s:
             s.connection().execute(stmt, [{"b_uri": u, "b_fingerprint": f} for u, f in mapping.items()])

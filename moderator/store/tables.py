@@ -1,7 +1,9 @@
-"""The store's tables (SQLAlchemy 2 typed mappings on moderator.store.base.Base).
+"""Every table of the store (SQLAlchemy 2 typed mappings on one declarative Base).
 
-Any change here needs a new Alembic revision in store/migrations/versions/ (see
-the README there); tests/store/test_migrations.py fails when the two disagree.
+Scan results (jobs, items, embeddings, results), the review UI's users, sessions, tokens
+and append-only audit trail, and the ordering state of S3 event notifications.
+Any change here needs a new Alembic revision in store/migrations/versions/ (see the
+README there); tests/store/test_migrations.py fails when the two disagree.
 """
 
 from __future__ import annotations
@@ -10,25 +12,51 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Dialect,
     Enum,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
-from moderator.store.base import Base
 from moderator.types import Action, ItemStatus
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+# Stored vectors (Embedding.vector) are little-endian float16 whatever the machine.
+VECTOR_DTYPE = np.dtype("<f2")
+
+
+class Base(DeclarativeBase):
+    """The one declarative base every table maps onto (Alembic autogenerates from it)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class (for bulk statements that bypass the ORM)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class JobState(StrEnum):
@@ -94,6 +122,8 @@ class Job(Base):
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     skipped: Mapped[int] = mapped_column(BigInteger, default=0)
     message: Mapped[str | None] = mapped_column(Text)
+    # policy -> why it did not run in a worker (e.g. no CLIP weights); None when every policy ran.
+    policies_not_run: Mapped[dict[str, str] | None] = mapped_column(Json)
 
     __table_args__ = (Index(None, "created_at"),)
 
@@ -147,3 +177,151 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("item_id", "policy"),)
+
+
+# -- the batch ledger of queued jobs (migration 0004; the API is in store/batches.py) ---------
+
+
+class BatchState(StrEnum):
+    QUEUED = "queued"  # sent to the broker; its items are not counted yet
+    DONE = "done"  # its items are stored and counted in the job
+    SPLIT = "split"  # replaced by one-item batches "<id>.<n>" (an item killed the worker)
+    FAILED = "failed"  # given up: its items are not recorded, the job says why
+
+
+class JobBatch(Base):
+    __tablename__ = "job_batches"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the task id
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    queue: Mapped[str] = mapped_column(String(255))
+    state: Mapped[BatchState] = mapped_column(_str_enum(BatchState), default=BatchState.QUEUED)
+    # The item references as the task carries them; dropped once the batch is done.
+    items: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    size: Mapped[int] = mapped_column(Integer)
+    sends: Mapped[int] = mapped_column(Integer, default=1)  # publications (1 + re-sends of a lost message)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)  # deliveries at retry number `retry`
+    retry: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index(None, "state", "sent_at"),)
+
+
+# -- the review UI ------------------------------------------------------------------------
+# `reviews` and `review_labels` are append-only: the code never updates or deletes them,
+# and migration 0002 adds triggers that make the database refuse it too. Items are
+# referred to by uri (the store's natural key) and sha256 (the content the reviewer saw),
+# so the audit trail outlives re-scans of the same item.
+
+
+class Role(StrEnum):
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+class Verdict(StrEnum):
+    CONFIRM = "confirm"  # the flag was right
+    DISMISS = "dismiss"  # the flag was wrong: the item is allowed
+    RELABEL = "relabel"  # the reviewer says which labels are right
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebSession(Base):
+    """A logged-in browser: the cookie holds a random token, the row only its sha256."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiToken(Base):
+    """A personal API token (`Authorization: Bearer ...`); only its sha256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LoginFailure(Base):
+    """One failed login, counted per (username, client address) for the rate limit."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key", "username", "client", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    client: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Review(Base):
+    """One reviewer decision on one item (append-only audit)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_item", "item_uri", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_uri: Mapped[str] = mapped_column(Text)
+    item_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    via: Mapped[str] = mapped_column(String(16))  # web, api, cli
+    verdict: Mapped[str] = mapped_column(String(16))
+    old_decision: Mapped[str] = mapped_column(String(16))
+    new_decision: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[list[str]] = mapped_column(Json, default=list)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class ReviewLabel(Base):
+    """Training data from a review: this content is (positive) or is not a policy class."""
+
+    __tablename__ = "review_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    policy: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    label: Mapped[str] = mapped_column(String(128))
+    positive: Mapped[bool] = mapped_column(Boolean)
+
+
+APPEND_ONLY = ("reviews", "review_labels")
+
+
+# -- S3 event notifications (migration 0003) ------------------------------------------------
+# S3 delivers events at least once and unordered. Per object we keep the highest
+# sequencer acted upon, so a duplicate or an older event arriving late is dropped.
+
+
+class S3EventState(Base):
+    __tablename__ = "s3_event_state"
+
+    bucket: Mapped[str] = mapped_column(String(63), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    # Upper-case hex left-padded to 64 digits: string order is event order (SQL too).
+    sequencer: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # events.EventKind value of the last event acted upon
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import URL
 
 from moderator.store import Store
-from moderator.store.base import Base
+from moderator.store.tables import Base
 
 PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
 PG_USERS = ("postgres", "root")

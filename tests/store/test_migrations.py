@@ -11,8 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from moderator.store import ItemRecord, Store
-from moderator.store.base import Base
-from moderator.store.migrate import alembic_config, current_revisions, head_revisions, load_table_modules
+from moderator.store.engine import alembic_config, current_revisions, head_revisions, load_table_modules
+from moderator.store.tables import Base
 from moderator.types import ItemStatus
 
 

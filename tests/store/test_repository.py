@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from moderator.store import ExportFilters, ItemRecord, JobState, Store
-from moderator.store.repository import CHUNK
+from moderator.store.engine import CHUNK
 from moderator.store.tables import Item, Result
 from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
 
@@ -304,3 +304,36 @@ def test_known_items_say_which_model_produced_each_result(store: Store) -> None:
     store.save_items([record("/m.jpg", result("nsfw"))])
     known = store.known_items(["/m.jpg"])["/m.jpg"]
     assert known.policy_models == {"nsfw": "ViT-B-32/test"}
+
+
+def test_a_scored_item_left_without_results_is_allowed_whatever_its_record_says(store: Store) -> None:
+    store.save_items([record("/f.jpg", result("nsfw", fired=(NUDE,)))])
+    # New bytes and no policy ran: the old verdict judged other bytes, so nothing stands against the item.
+    store.save_items([record("/f.jpg", sha256=sha("other bytes"), decision=Action.BLOCK)])
+    (row,) = store.iter_export(ExportFilters())
+    assert (row.policy_versions, row.decision) == ({}, Action.ALLOW)
+
+
+def test_a_scan_and_a_bulk_write_refresh_decisions_alike(store: Store) -> None:
+    from moderator.decide import PolicyMeta
+    from moderator.store.bulk import save_results
+    from moderator.store.results import encode_result
+
+    store.save_items([record(f"/g{i}.jpg", result("tags", fired=(CAT,))) for i in range(3)])
+    ids = {r.uri: r for r in store.iter_export(ExportFilters())}
+    assert {r.decision for r in ids.values()} == {Action.TAG}
+    with store.session() as s:
+        item_ids = dict(s.execute(select(Item.uri, Item.id)).all())
+    blocked = result("nsfw", fired=(NUDE,), explicit=0.9)
+    changed = save_results(
+        store, PolicyMeta("nsfw", "v1", "clip", "ViT-B-32/test"), [(item_ids["/g0.jpg"], encode_result(blocked))]
+    )
+    assert changed == 1
+    decisions = {r.uri: r.decision for r in store.iter_export(ExportFilters())}
+    assert decisions == {"/g0.jpg": Action.BLOCK, "/g1.jpg": Action.TAG, "/g2.jpg": Action.TAG}
+    # The same result through the scan's path leaves the same rows and decisions.
+    store.save_items([record("/g1.jpg", blocked)])
+    assert {r.uri: r.decision for r in store.iter_export(ExportFilters())}["/g1.jpg"] is Action.BLOCK
+    with store.session() as s:
+        rows = s.execute(select(Result.action, Result.scores, Result.fired, Result.tags).where(Result.policy == "nsfw"))
+        assert len({tuple(map(str, r)) for r in rows}) == 1

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from moderator.s3events.ordering import EventLog
 from moderator.s3events.parse import EventKind, S3Event, normalise_sequencer
 from moderator.store import Store
-from moderator.store.s3_tables import S3EventState
+from moderator.store.tables import S3EventState
 
 
 def ev(key: str, seq: str | None, kind: EventKind = EventKind.CREATED, bucket: str = "b") -> S3Event:

@@ -1,8 +1,8 @@
 """Alembic environment for the store.
 
-`Store(url)` runs this through `moderator.store.migrate.upgrade`, handing over an
+`Store(url)` runs this through `moderator.store.engine.upgrade`, handing over an
 open connection (config.attributes["connection"]) that already holds the
-migration lock. Run by hand (`moderator.store.migrate.alembic_config(url)` with
+migration lock. Run by hand (`moderator.store.engine.alembic_config(url)` with
 alembic.command), it opens its own connection from the configured URL.
 """
 
@@ -14,9 +14,8 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, create_engine, pool
 
-from moderator.store.base import Base
-from moderator.store.migrate import load_table_modules
-from moderator.store.tables import UTCDateTime
+from moderator.store.engine import load_table_modules
+from moderator.store.tables import Base, UTCDateTime
 
 load_table_modules()
 
