@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import pickle
 import subprocess
 import warnings
@@ -9,8 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from moderator import decode
-from moderator.decode import BACKGROUND, DecodedImage, DecodeError, DecodeFailure, decode_image, frame_indices, to_rgb
+from moderator.decode import (
+    BACKGROUND,
+    CropSpec,
+    DecodedImage,
+    DecodeError,
+    DecodeFailure,
+    FrameRequest,
+    crop_frame,
+    decode_frames,
+    decode_image,
+    frame_for_scorers,
+    frame_indices,
+    to_rgb,
+)
+from moderator.decode import image as decode_module
 from moderator.settings import Settings
 from tests.hostile import (
     BLUE,
@@ -22,6 +36,7 @@ from tests.hostile import (
     Expected,
     encode,
     huge_header_png,
+    jpeg_claiming,
     noise,
 )
 
@@ -208,7 +223,7 @@ def test_unexpected_errors_come_out_as_corrupt(monkeypatch: pytest.MonkeyPatch) 
     def boom(img: Image.Image) -> Image.Image:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(decode, "to_rgb", boom)
+    monkeypatch.setattr(decode_module, "to_rgb", boom)
     with pytest.raises(DecodeError) as info:
         decoded("photo.jpg")
     assert info.value.reason == DecodeFailure.corrupt and "boom" in str(info.value)
@@ -230,3 +245,97 @@ def test_concurrent_decoding_gives_the_same_outcomes_and_leaves_globals_alone() 
 def test_decode_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(DecodeError(DecodeFailure.truncated, "cut short")))
     assert (error.reason, str(error)) == (DecodeFailure.truncated, "cut short")
+
+
+# --- JPEG scans shorter than their header (libjpeg pads them silently) ---------------------------
+
+
+def _pillow_pixels(data: bytes, draft: int | None) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        if draft:
+            img.draft("RGB", (draft, draft))
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    ("image", "params"),
+    [
+        (noise((300, 200)), {}),
+        (noise((300, 200)), {"progressive": True}),
+        (noise((301, 199)), {"restart_marker_blocks": 3}),
+        (noise((64, 64)), {"subsampling": 0, "quality": 5}),
+        (Image.new("L", (3000, 2000), 77), {}),
+        (Image.new("CMYK", (33, 17), (0, 255, 255, 0)), {}),
+        (Image.new("RGB", (2000, 1500), (10, 200, 30)), {"progressive": True}),
+    ],
+    ids=["baseline", "progressive", "restart-markers", "444-q5", "gray", "cmyk", "flat-progressive"],
+)
+@pytest.mark.parametrize("draft", [None, 224])
+def test_complete_jpegs_decode_to_exactly_pillows_pixels(image: Image.Image, params: dict, draft: int | None) -> None:
+    data = encode(image, "JPEG", **params)
+    frame = decode_image(data, max_pixels=LIMIT, draft_size=draft).frames[0]
+    assert np.array_equal(np.asarray(frame), _pillow_pixels(data, draft))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("draft", [None, 224])
+def test_a_header_claiming_more_than_the_data_is_truncated(progressive: bool, draft: int | None) -> None:
+    data = jpeg_claiming(9000, 9000, progressive=progressive)
+    assert _pillow_pixels(data, draft).shape[:2] in ((9000, 9000), (1125, 1125))  # Pillow alone: "fine", gray
+    with pytest.raises(DecodeError) as info:
+        decode_image(data, max_pixels=LIMIT, draft_size=draft)
+    assert info.value.reason == DecodeFailure.truncated
+    assert "9000x9000" in str(info.value)
+
+
+def test_trailing_data_and_multi_picture_jpegs_still_decode() -> None:
+    pictures = [noise((80, 60)), Image.new("RGB", (80, 60), RED)]
+    mpo = encode(pictures[0], "MPO", save_all=True, append_images=pictures[1:])
+    result = decode_image(mpo, max_pixels=LIMIT)
+    assert (result.format, result.n_frames) == ("MPO", 2)
+    assert np.array_equal(np.asarray(result.frames[0]), _pillow_pixels(mpo, None))
+    assert outcome(encode(noise(), "JPEG") + b"\xff\xd9" + bytes(100)) == OK
+
+
+def test_running_out_of_memory_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    def greedy(img: Image.Image) -> Image.Image:
+        raise MemoryError
+
+    monkeypatch.setattr(decode_module, "to_rgb", greedy)
+    with pytest.raises(DecodeError) as info:
+        decoded("photo.jpg")
+    assert info.value.reason == DecodeFailure.too_large and "MODERATOR_DECODE_MEMORY_MB" in str(info.value)
+
+
+# --- what is kept of a frame -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "kept"),
+    [
+        ((100, 80), (100, 80)),  # small: as it is
+        ((600, 400), (600, 400)),  # the shorter side is under twice 256: as it is
+        ((1200, 800), (400, 267)),  # reduced 3 times: the shorter side stays >= 256
+        ((4000, 3000), (364, 273)),  # reduced 11 times
+        ((1, 100_000), (1, 2048)),  # an extreme aspect ratio: the longer side squeezed to 8 x 256
+        ((30_000, 300), (2048, 300)),
+    ],
+)
+def test_frames_kept_for_image_scorers_are_bounded(size: tuple[int, int], kept: tuple[int, int]) -> None:
+    frame = frame_for_scorers(Image.new("RGB", size, (9, 99, 199)), 256)
+    assert frame.size == kept
+    assert frame.getpixel((0, 0)) == (9, 99, 199)
+
+
+def test_decode_frames_cuts_every_sampled_frame() -> None:
+    spec = CropSpec(48, 40, "short_side", short_side=48)
+    request = FrameRequest(max_pixels=LIMIT, max_frames=4, crop=spec, keep_side=8)
+    data = CATALOGUE["animated.gif"].build()
+    result = decode_frames(data, request)
+    full = decode_image(data, max_pixels=LIMIT, max_frames=4)
+    assert result.crops is not None and result.crops.shape == (4, 40, 48, 3) and result.crops.dtype == np.uint8
+    assert all(np.array_equal(c, crop_frame(f, spec)) for c, f in zip(result.crops, full.frames, strict=True))
+    assert [f.size for f in result.frames or []] == [(8, 8)] * 4  # 16x16 reduced twice
+    assert (result.n_frames, result.format) == (6, "GIF")
+    bare = decode_frames(data, FrameRequest(max_pixels=LIMIT))
+    assert bare.crops is None and bare.frames is None

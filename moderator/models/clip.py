@@ -14,16 +14,20 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
 
-from moderator.models import model_id_for
+from moderator.decode import CropSpec, crop_frame
 from moderator.errors import ScorerUnavailable
-from moderator.settings import Device, Precision, Settings
+from moderator.models.ids import model_id_for
+from moderator.settings import Backend, Device, Precision, Settings
+
+if TYPE_CHECKING:
+    from moderator.models.onnx_backend import OnnxTowers
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RANDOM = "none"
@@ -64,28 +68,31 @@ class ClipModel:
     image_size: int
     logit_scale: float
     random_weights: bool
+    onnx: OnnxTowers | None = None  # set: both towers run in ONNX Runtime (`model` stays the fp32 PyTorch model)
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # one forward pass at a time per process
-        self._resize, normalize = split_transform(self.preprocess)
-        if normalize is not None:
-            shape = (1, 3, 1, 1)
-            self._mean = torch.tensor(normalize.mean, device=self.device).view(shape) * 255
-            self._std = torch.tensor(normalize.std, device=self.device).view(shape) * 255
+        self.crop, normalize = split_transform(self.preprocess)  # crop: picklable, for decode workers
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(normalize.mean, device=self.device).view(shape) * 255
+        self._std = torch.tensor(normalize.std, device=self.device).view(shape) * 255
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float16 if self.precision is Precision.FP16 else torch.float32
 
     def preprocess_batch(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resized and cropped with open_clip's own transforms, kept as uint8 [N, H, W, 3].
+        """open_clip's resize + centre crop (decode.crop_frame: work bounded by the output), uint8 [N, H, W, 3].
 
         Scaling and normalising happen in encode_images, on the model's device and per
-        batch: cheaper than per image in the decode threads (and a quarter of the bytes).
+        batch: cheaper than per image in the decode workers (and a quarter of the bytes).
+        Decode workers make the same crops themselves (FrameRequest.crop = self.crop).
         """
-        if self._resize is None:
-            return torch.stack([self.preprocess(im) for im in images])
-        return torch.from_numpy(np.stack([np.asarray(self._resize(im), dtype=np.uint8) for im in images]))
+        return torch.from_numpy(np.stack([crop_frame(_rgb(im), self.crop) for im in images]))
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """preprocess_batch output (or float [N, 3, H, W]) -> float32 L2-normalised embeddings [N, d]."""
@@ -93,25 +100,69 @@ class ClipModel:
             if pixels.dtype == torch.uint8:
                 x = pixels.to(self.device).permute(0, 3, 1, 2).float()
                 pixels = (x - self._mean) / self._std
+            if self.onnx is not None:
+                return _normalise(torch.from_numpy(self.onnx.image(pixels.float().contiguous().numpy())))
             features = self.model.encode_image(pixels.to(self.device, self.dtype))
             return _normalise(features)
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """Prompts -> float32 L2-normalised embeddings [N, d]."""
         with self._lock, torch.inference_mode():
-            tokens = self.tokenizer(texts).to(self.device)
-            return _normalise(self.model.encode_text(tokens))
+            tokens = self.tokenizer(texts)
+            if self.onnx is not None:
+                return _normalise(torch.from_numpy(self.onnx.text(tokens.numpy())))
+            return _normalise(self.model.encode_text(tokens.to(self.device)))
 
 
-def split_transform(preprocess: Any) -> tuple[Any, Any]:
-    """open_clip's eval transform as (PIL resize/crop/mode part, Normalize), or (None, None)."""
-    from torchvision.transforms import Compose, Normalize
+def split_transform(preprocess: Any) -> tuple[CropSpec, Any]:
+    """open_clip's eval transform as (its resize + centre crop, as numbers; its Normalize).
+
+    open_clip builds three forms (resize_mode shortest, longest, squash); anything else is
+    refused rather than run unbounded on whatever image comes.
+    """
+    from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+    from torchvision.transforms import CenterCrop, Normalize, Resize
+    from torchvision.transforms.functional import pil_modes_mapping
 
     steps = list(getattr(preprocess, "transforms", []))
-    names = [type(t).__name__ for t in steps]
-    if len(steps) < 3 or not isinstance(steps[-1], Normalize) or names[-2] not in ("ToTensor", "MaybeToTensor"):
-        return None, None
-    return Compose(steps[:-2]), steps[-1]
+    names = [getattr(t, "__name__", type(t).__name__) for t in steps]
+    refused = ScorerUnavailable(f"the model's image transform is not one moderator can bound: {', '.join(names)}")
+    kept = [t for t, name in zip(steps, names, strict=True) if "convert" not in name.lower()]  # frames are RGB
+    if len(kept) not in (3, 4) or not isinstance(kept[-1], Normalize):
+        raise refused
+    if type(kept[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
+        raise refused
+    resize, crop, normalize = kept[0], kept[1] if len(kept) == 4 else None, kept[-1]
+    resample = pil_modes_mapping.get(getattr(resize, "interpolation", None), Image.Resampling.BICUBIC)
+    if isinstance(resize, Resize) and resize.max_size is None:
+        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+        if crop is None and len(size) == 2:
+            return CropSpec(width=size[1], height=size[0], rule="squash", resample=resample), normalize
+        if isinstance(crop, CenterCrop) and len(size) == 1:
+            h, w = crop.size
+            return CropSpec(width=w, height=h, rule="short_side", short_side=size[0], resample=resample), normalize
+    if (
+        isinstance(resize, ResizeKeepRatio)
+        and isinstance(crop, CenterCrop | CenterCropOrPad)
+        and not (resize.random_scale_prob or resize.random_aspect_prob)
+        and tuple(resize.size) == tuple(crop.size)
+    ):
+        h, w = crop.size
+        fill = _rgb_fill(getattr(crop, "fill", 0))
+        spec = CropSpec(width=w, height=h, rule="keep_ratio", longest=resize.longest, resample=resample, fill=fill)
+        return spec, normalize
+    raise refused
+
+
+def _rgb_fill(fill: Any) -> tuple[int, int, int]:
+    values = [int(fill)] if isinstance(fill, int | float) else [int(v) for v in fill]
+    if len(values) == 1:
+        values *= 3
+    return values[0], values[1], values[2]
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:
@@ -128,14 +179,24 @@ def get_clip_model(settings: Settings) -> ClipModel:
     """The process's model for these settings, loaded on first use."""
     device = pick_device(settings.device)
     precision = pick_precision(settings.precision, device)
-    key = (settings.model, settings.pretrained, device, precision.value)
+    backend = pick_backend(settings.backend, device)
+    key = (settings.model, settings.pretrained, device, precision.value, backend.value)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _load(settings, device, precision)
+            _cache[key] = _load(settings, device, precision, backend)
         return _cache[key]
 
 
-def _load(settings: Settings, device: str, precision: Precision) -> ClipModel:
+def pick_backend(backend: Backend, device: str) -> Backend:
+    if backend is Backend.AUTO:
+        # Measured on a 2-core CPU (ViT-B-32): ONNX Runtime 2-4x PyTorch eager; on CUDA PyTorch stays.
+        return Backend.ONNX if device == "cpu" else Backend.TORCH
+    if backend is Backend.ONNX and device != "cpu":
+        raise ScorerUnavailable("MODERATOR_BACKEND=onnx runs on CPU; on CUDA use torch (or auto)")
+    return backend
+
+
+def _load(settings: Settings, device: str, precision: Precision, backend: Backend) -> ClipModel:
     name, pretrained = settings.model, settings.pretrained
     if name not in open_clip.list_models():
         raise ScorerUnavailable(f"unknown open_clip model {name!r} (MODERATOR_MODEL); see open_clip.list_models()")
@@ -156,22 +217,45 @@ def _load(settings: Settings, device: str, precision: Precision) -> ClipModel:
     finally:
         logging.disable(logging.NOTSET)
     model.eval()
-    if precision is Precision.INT8:
+    size = model.visual.image_size
+    image_size = int(size[0] if isinstance(size, tuple | list) else size)
+    tokenizer = open_clip.get_tokenizer(name)
+    towers = _onnx_towers(settings, model, image_size, tokenizer, precision) if backend is Backend.ONNX else None
+    if precision is Precision.INT8 and towers is None:
         # Only the image tower: it runs per image; the text tower runs once per policy and
         # open_clip's text path reads its weights' dtype, which quantised layers do not have.
         model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
-    size = model.visual.image_size
     return ClipModel(
         model_id=model_id_for(settings),
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=tokenizer,
         device=device,
         precision=precision,
-        image_size=int(size[0] if isinstance(size, tuple | list) else size),
+        image_size=image_size,
         logit_scale=float(model.logit_scale.exp().item()),
         random_weights=random_weights,
+        onnx=towers,
     )
+
+
+def _onnx_towers(settings: Settings, model: Any, image_size: int, tokenizer: Any, precision: Precision) -> Any:
+    """Both towers in ONNX Runtime (exported on first use, then cached), or None: PyTorch, said in one line."""
+    from moderator.models.onnx_backend import ExportFailed, load_towers
+
+    try:
+        return load_towers(
+            model,
+            model_id_for(settings.model_copy(update={"precision": Precision.FP32})),
+            image_size=image_size,
+            tokenizer=tokenizer,
+            int8=precision is Precision.INT8,
+            cache_dir=settings.onnx_cache_dir,
+            threads=settings.onnx_threads,
+        )
+    except ExportFailed as exc:
+        logging.getLogger(__name__).warning("%s: %s is running on PyTorch instead of ONNX Runtime", exc, settings.model)
+        return None
 
 
 def _resolve_weights(name: str, pretrained: str) -> str:

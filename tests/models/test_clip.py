@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from moderator.models import model_id_for
-from moderator.models.clip import get_clip_model
+from moderator.decode import crop_frame
 from moderator.errors import ScorerUnavailable
+from moderator.models import model_id_for
+from moderator.models.clip import get_clip_model, split_transform
 from moderator.settings import Settings
 
 
@@ -101,3 +104,85 @@ def test_batched_preprocessing_matches_open_clips_own_transform() -> None:
     fast = model.preprocess_batch(images)
     assert fast.dtype == torch.uint8 and fast.shape == (2, 224, 224, 3)
     assert np.allclose(model.encode_images(fast), model.encode_images(reference), atol=1e-5)
+
+
+# --- preprocessing: open_clip's pixels, with work bounded by the output ----------------------------
+
+SIZES = [(500, 300), (300, 500), (224, 224), (225, 224), (7, 3), (1, 1), (640, 480), (1155, 866), (4000, 3000)]
+EXTREME = [(5, 700), (10, 1200), (1200, 10), (4000, 50), (50, 4000)]  # past 64:1, and still computable the old way
+
+
+def _noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    w, h = size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _smooth(size: tuple[int, int]) -> Image.Image:
+    w, h = size
+    return _noise((max(2, w // 8), max(2, h // 8))).resize(size, Image.Resampling.BILINEAR)
+
+
+def _open_clip_geometry(transform: object, image: Image.Image) -> np.ndarray:
+    """open_clip's own transform up to the tensor conversion: its uint8 pixels."""
+    from torchvision.transforms import Compose
+
+    steps = transform.transforms  # type: ignore[attr-defined]
+    return np.asarray(Compose(steps[:-2])(image))
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("size", [224, (224, 192)])
+def test_preprocessing_gives_open_clips_pixels_exactly(mode: str, size: int | tuple[int, int]) -> None:
+    from open_clip.transform import image_transform
+
+    transform = image_transform(size, is_train=False, resize_mode=mode, fill_color=128)
+    crop, _ = split_transform(transform)
+    for i, image_size in enumerate(SIZES):
+        image = _noise(image_size, seed=i)
+        assert np.array_equal(crop_frame(image, crop), _open_clip_geometry(transform, image)), (mode, image_size)
+
+
+def test_the_models_batch_is_open_clips_pixels() -> None:
+    model = get_clip_model(tiny())
+    images = [_noise(s, seed=i) for i, s in enumerate(SIZES)]
+    batch = model.preprocess_batch(images)
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (len(SIZES), 224, 224, 3)
+    for image, pixels in zip(images, batch, strict=True):
+        assert np.array_equal(pixels.numpy(), _open_clip_geometry(model.preprocess, image))
+
+
+@pytest.mark.parametrize("size", EXTREME)
+def test_extreme_aspect_ratios_keep_open_clips_geometry(size: tuple[int, int]) -> None:
+    """Past 64:1 only the crop's region is resampled; on smooth content that is open_clip's picture
+    to within rounding (the order of Pillow's two passes may differ)."""
+    model = get_clip_model(tiny())
+    image = _smooth(size)
+    got = model.preprocess_batch([image])[0].numpy().astype(int)
+    want = _open_clip_geometry(model.preprocess, image).astype(int)
+    assert np.abs(got - want).max() <= 8 and np.abs(got - want).mean() < 1.0
+
+
+@pytest.mark.parametrize("size", [(1, 100_000), (100_000, 1), (2, 5_000_000), (5_000_000, 3)])
+def test_preprocessing_an_extreme_aspect_ratio_takes_little_memory_and_time(size: tuple[int, int]) -> None:
+    """Resized as open_clip does, 1x100000 would be 224 x 22,400,000 pixels (21 GB): here the whole
+    preprocessing runs in a decode worker capped at 256 MB and 20 s."""
+    from moderator.decode import DecodeError, DecodePool
+
+    model = get_clip_model(tiny())
+    with DecodePool(1, memory_mb=256, timeout_s=20.0) as pool:
+        (result,) = pool.map(_preprocess_in_worker, [size])
+    assert not isinstance(result, DecodeError), str(result)
+    assert result == [224, 224, 3]
+    assert model.crop.width == 224
+
+
+def _preprocess_in_worker(size: tuple[int, int]) -> list[int]:
+    image = Image.new("RGB", size, (40, 50, 60))
+    return list(get_clip_model(tiny()).preprocess_batch([image])[0].shape)
+
+
+def test_a_transform_that_cannot_be_bounded_is_refused() -> None:
+    from torchvision.transforms import Compose, Normalize, RandomResizedCrop, ToTensor
+
+    with pytest.raises(ScorerUnavailable, match="can bound"):
+        split_transform(Compose([RandomResizedCrop(224), ToTensor(), Normalize((0.5,) * 3, (0.5,) * 3)]))
