@@ -68,6 +68,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     worker = None
+    enqueue_seconds: list[float] = []
     try:
         for name, seed in (("warm_local", 1), ("warm_queue", 2), ("local", 3), ("queued", 4)):
             write_images(tmp / name, 4 if name.startswith("warm") else args.images, seed)
@@ -113,6 +114,7 @@ def main() -> None:
         def run(folder: str) -> float:
             t0 = time.perf_counter()
             job_id = enqueue_targets([str(tmp / folder)], queue_settings)
+            enqueue_seconds.append(time.perf_counter() - t0)  # listing + ledger rows + publishing
             while (job := qstore.get_job(job_id)) is None or job.state not in (JobState.DONE, JobState.FAILED):
                 if worker.poll() is not None:
                     raise SystemExit(f"worker exited; see {tmp / 'worker.log'}")
@@ -138,6 +140,8 @@ def main() -> None:
     )
     print(f"in-process scan : {local_rate:7.1f} img/s ({local_s:.2f} s)  stages {stages}")
     print(f"enqueue + worker: {queued_rate:7.1f} img/s ({queued_s:.2f} s, enqueue to job done)")
+    batches = -(-n // args.queue_batch_size)
+    print(f"enqueue alone   : {enqueue_seconds[-1] * 1000:7.1f} ms for {batches} batches (ledger + publish)")
     print(f"ratio queued / in-process: {queued_rate / local_rate:.2f} (goal >= 0.90)")
 
 

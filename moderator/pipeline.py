@@ -1,37 +1,42 @@
-"""The data flow, top to bottom.
+"""The scan: source items -> the engine's one path to a verdict -> the store.
 
-    source items -> read bytes + sha256 -> skip unchanged -> byte scorers (exact hash lists)
-      -> decode + preprocess (threads) -> embed (batched, stored per sha256 + model)
+    source items -> skip unchanged (fingerprint) -> read bytes + sha256 -> byte policies (exact hash lists)
+      -> skip unchanged (same bytes) -> decode + preprocess (pool) -> embed (batched, stored per sha256 + model)
       -> score every policy -> decide -> store (one transaction per batch)
 
-Reading and decoding of batch k+1 run in a background thread and a thread pool
-while the model works on batch k (stages.prefetch). Every stage is timed.
+The stages are moderator.engine's (prepare.Preparer, verdict.PolicySet.judge), shared with
+`policy test`, `eval` and the API; what is the scan's own is here: which stored items are
+unchanged, one store transaction per batch, the summary. Reading and decoding of batch k+1
+overlap the model's work on batch k; every stage is timed.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from typing import TYPE_CHECKING
 
 from moderator import sources
-from moderator.decide import apply_second_opinions, item_decision, second_opinion_rules
+from moderator.engine.compile import CompiledPolicy
+from moderator.engine.prepare import PreparedItem
+from moderator.engine.verdict import compile_policies
 from moderator.models import load_clip, model_id_for
-from moderator.engine.compile import CompiledPolicy, compile_policy
-from moderator.policy.load import LoadedPolicy, load_policies
-from moderator.engine.prepare import PreparedItem, Preparer
-from moderator.scorers import ScorerContext, ScorerInput, ScoringBatch
+from moderator.policy.load import LoadedPolicy, PolicyError, load_policies
 from moderator.settings import Settings
-from moderator.stages import StageTimer, chunked, prefetch, same, timed
+from moderator.stages import StageTimer
 from moderator.store import ItemRecord, Store
-from moderator.types import Action, ItemStatus, PolicyResult, PolicySkipped, SourceItem
+from moderator.types import Action, ItemStatus, PolicySkipped, SourceItem
+
+if TYPE_CHECKING:
+    from moderator.models.clip import ClipModel
+    from moderator.store import KnownItem
 
 Progress = Callable[[int], None]
+log = logging.getLogger("moderator.pipeline")
 
 
 @dataclass
@@ -43,7 +48,7 @@ class ScanSummary:
     decisions: Counter[str] = field(default_factory=Counter)
     errors_by_reason: Counter[str] = field(default_factory=Counter)
     policies_run: list[str] = field(default_factory=list)
-    policies_not_run: list[PolicySkipped] = field(default_factory=list)
+    policies_not_run: list[PolicySkipped] = field(default_factory=list)  # each with the reason it did not run
     random_weights: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -71,46 +76,47 @@ class ScanSummary:
         }
 
 
-def allow_pixels_up_to(limit: int) -> None:
-    """Let Pillow open images up to the configured limit (decode refuses above it).
-
-    Pillow's bomb limit is a process global: it is raised here, once, before decode threads
-    start, and never lowered (decode_image checks the setting itself).
-    """
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit
-
-
 class Pipeline:
-    """Policies compiled once, the model loaded once (lazily); then any number of scans."""
+    """Policies compiled once, the model loaded once; then any number of scans.
+
+    `not_run` lists the policies that cannot run here (PolicySkipped: policy, reason); every
+    ScanSummary repeats it as `policies_not_run`.
+    """
 
     def __init__(self, settings: Settings, store: Store, policies: list[LoadedPolicy] | None = None) -> None:
         self.settings = settings
         self.store = store
-        loaded = policies if policies is not None else load_policies(settings.policy_paths())
-        ctx = ScorerContext(settings=settings, clip=partial(load_clip, settings))
-        self.policies: list[CompiledPolicy] = []
-        self.not_run: list[PolicySkipped] = []
-        for policy in loaded:
-            ctx.policy_file = policy.path
-            compiled = compile_policy(policy, ctx)
-            if isinstance(compiled, PolicySkipped):
-                self.not_run.append(compiled)
-            else:
-                self.policies.append(compiled)
-        self.byte_policies = [p for p in self.policies if p.scorer.input is ScorerInput.BYTES]
-        self.later_policies = [p for p in self.policies if p.scorer.input is not ScorerInput.BYTES]
-        self.needs_embeddings = any(p.scorer.input is ScorerInput.EMBEDDING for p in self.policies)
-        self.needs_images = any(p.scorer.input is ScorerInput.IMAGE for p in self.policies)
-        self.versions = {p.loaded.spec.name: p.loaded.version for p in self.policies}
-        self.policy_models = {p.loaded.spec.name: p.scorer.model_id for p in self.policies}
+        self.loaded = policies if policies is not None else load_policies(settings.policy_paths())
+        self._compile()
         self.model_id = model_id_for(settings)
-        self.second_opinion_rules = second_opinion_rules(p.loaded.spec for p in self.policies)
-        self.clip = load_clip(settings) if self.needs_embeddings else None
+        self.clip: ClipModel | None = load_clip(settings) if self.needs_embeddings else None
         self.timer = StageTimer()
-        allow_pixels_up_to(settings.max_image_pixels)
+
+    def _compile(self) -> None:
+        self.policy_set = compile_policies(self.loaded, self.settings)
+        self.policies: list[CompiledPolicy] = self.policy_set.policies
+        self.not_run: list[PolicySkipped] = self.policy_set.not_run
+        self.byte_policies = self.policy_set.byte_policies
+        self.later_policies = self.policy_set.later_policies
+        self.needs_embeddings = self.policy_set.needs.embeddings
+        self.needs_images = self.policy_set.needs.images
+        self.versions = self.policy_set.versions
+        self.policy_models = self.policy_set.policy_models
+        self._inputs = self.policy_set.input_signature()
+        self._refused: tuple[tuple[str, int, int], ...] | None = None
+
+    def refresh(self) -> None:
+        """Compile again when a file the scorers read changed since (a hash list grew): a long-lived
+        pipeline (a worker, the API) never scores against a list as it was. A list made invalid is
+        logged once and the last valid compile keeps serving."""
+        now = self.policy_set.input_signature()
+        if not now or now in (self._inputs, self._refused):
+            return
+        try:
+            self._compile()
+        except PolicyError as exc:
+            log.error("hash list changed but cannot be used, still serving the last valid version: %s", exc)
+            self._refused = now
 
     @property
     def random_weights(self) -> bool:
@@ -128,95 +134,42 @@ class Pipeline:
         force: bool = False,
         stop: threading.Event | None = None,
     ) -> ScanSummary:
-        """Score and store `items` batch by batch.
+        """Score and store `items` batch by batch; `force` re-scores items whose stored results are current.
 
-        Three stages run at once: the reader (a thread pulling batches from the source:
-        listing, archive streams), the mapper (a thread preparing the next batch: bytes,
-        hashes, skip-unchanged, decode and preprocess in the pool) and this thread (model,
-        scoring, one store transaction per batch). `stop` set (Ctrl-C) ends the scan
-        after the batch in hand is stored; the summary says `interrupted`.
+        `stop` set (Ctrl-C) ends the scan after the batch in hand is stored (at once when it is
+        set before the scan starts); the summary says `interrupted`.
         """
+        self.refresh()
         summary = ScanSummary(
             policies_run=sorted(self.versions), policies_not_run=list(self.not_run), random_weights=self.random_weights
         )
         start = time.perf_counter()
-        with ThreadPoolExecutor(self.decode_workers(), thread_name_prefix="moderator-decode") as pool:
-            preparer = Preparer(self, pool, force=force)
-            reader = prefetch(timed(chunked(items, self.settings.batch_size), self.timer, "source"), same)
-            batches = prefetch(reader, preparer.prepare)
-            try:
-                for batch in batches:
-                    self._embed(batch)
-                    self._score(batch)
-                    self._store(batch, job_id, summary)
-                    if progress:
-                        progress(len(batch) + preparer.take_unchanged())
-                    if stop is not None and stop.is_set():
-                        summary.interrupted = True
-                        break
-            finally:
-                batches.close()
-        summary.unchanged = preparer.unchanged_total
+        unchanged = Unchanged(self, force=force)
+        if stop is not None and stop.is_set():
+            summary.interrupted = True
+            return summary
+        batches = self.policy_set.judge(
+            items, self.settings, store=self.store, skip=unchanged, timer=self.timer, clip=self._model
+        )
+        try:
+            for batch in batches:
+                self._store(batch, job_id, summary)
+                if progress:
+                    progress(len(batch) + unchanged.take())
+                if stop is not None and stop.is_set():
+                    summary.interrupted = True
+                    break
+        finally:
+            batches.close()
+        summary.unchanged = unchanged.total
         summary.seconds = time.perf_counter() - start
         summary.stage_seconds = self.timer.snapshot()
         return summary
 
-    def decode_workers(self) -> int:
-        """Decode threads: one per core. The model's own torch threads use the cores too; more decoders would
-        only queue behind them (the prefetch depth, not the thread count, is what hides decoding)."""
-        return self.settings.decode_workers or max(2, os.cpu_count() or 1)
-
-    def _embed(self, batch: list[PreparedItem]) -> None:
-        todo = [p for p in batch if p.pixels is not None and p.embedding is None]
-        if not todo or self.clip is None:
-            return
-        import numpy as np
-        import torch
-
-        with self.timer.time("embed"):
-            pixels = torch.cat([p.pixels for p in todo if p.pixels is not None])
-            size = self.settings.batch_size
-            parts = [self.clip.encode_images(pixels[i : i + size]) for i in range(0, len(pixels), size)]
-            features = np.concatenate(parts)
-        new: dict[str, np.ndarray] = {}
-        row = 0
-        for p in todo:
-            n = len(p.pixels) if p.pixels is not None else 0
-            # Scored exactly as stored (float16), so a later re-score gives the same answer.
-            stored = features[row : row + n].astype(np.float16)
-            row += n
-            p.embedding = stored.astype(np.float32)
-            p.pixels = None
-            if p.sha256:
-                new[p.sha256] = stored
-        with self.timer.time("store_embeddings"):
-            self.store.save_embeddings(new, self.model_id)
-        for p in batch:  # identical bytes in one batch are embedded once
-            if p.embedding is None and p.sha256 in new and p.status is ItemStatus.OK:
-                p.embedding = new[p.sha256].astype(np.float32)
-
-    def _score(self, batch: list[PreparedItem]) -> None:
-        ready = [p for p in batch if p.status is ItemStatus.OK and not p.settled]
-        if ready and self.later_policies:
-            scoring = ScoringBatch(
-                sha256=[p.sha256 or "" for p in ready],
-                frames=[p.frames or [] for p in ready] if self.needs_images else None,
-                embeddings=[p.embedding for p in ready] if self.needs_embeddings else None,  # type: ignore[misc]
-            )
-            with self.timer.time("score"):
-                for policy in self.later_policies:
-                    if policy.scorer.input is ScorerInput.EMBEDDING and any(p.embedding is None for p in ready):
-                        continue  # unreachable unless the model failed; guarded so nothing is misattributed
-                    for p, result in zip(ready, policy.evaluate(scoring), strict=True):
-                        p.results.append(result)
-        for p in batch:
-            p.frames = None
-            if p.status is ItemStatus.OK:
-                p.results = self._second_opinions(p.results)
-                p.decision = item_decision(p.results)
-
-    def _second_opinions(self, results: list[PolicyResult]) -> list[PolicyResult]:
-        return apply_second_opinions(results, self.second_opinion_rules)
+    def _model(self) -> ClipModel:
+        if self.clip is None:
+            self.clip = load_clip(self.settings)
+        return self.clip
 
     def _store(self, batch: list[PreparedItem], job_id: str | None, summary: ScanSummary) -> None:
         records = [
@@ -228,7 +181,7 @@ class Pipeline:
                 status=p.status,
                 error=p.error,
                 meta=p.item.meta,
-                decision=p.decision if p.status is ItemStatus.OK else None,
+                decision=p.decision if p.ok else None,
                 results=p.results,
                 job_id=job_id,
             )
@@ -237,7 +190,7 @@ class Pipeline:
         with self.timer.time("store"):
             self.store.save_items(records)
         for p in batch:
-            if p.status is ItemStatus.OK:
+            if p.ok:
                 summary.scanned += 1
                 summary.decisions[(p.decision or Action.ALLOW).value] += 1
             elif p.status is ItemStatus.SKIPPED:
@@ -246,3 +199,79 @@ class Pipeline:
             else:
                 summary.errors += 1
                 summary.errors_by_reason[p.reason or "error"] += 1
+
+
+class Unchanged:
+    """The scan's skip-unchanged: an item stored from the same bytes with every policy's current
+    version and model needs no work. One store query per batch, no per-item round trips.
+
+    An item an exact hash list blocks is decided by the byte policies alone (the others never
+    run on it), so it is unchanged when those are current. Hash-list content is part of the
+    scorer's model id: a list that changed makes its results stale.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, force: bool) -> None:
+        self.p = pipeline
+        self.force = force
+        self.byte_policies = [p.name for p in pipeline.byte_policies]
+        self.total = 0
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._known: dict[str, KnownItem] = {}
+
+    def take(self) -> int:
+        """Unchanged items counted since the last call (for the progress bar)."""
+        with self._lock:
+            n, self._pending = self._pending, 0
+            return n
+
+    def _count(self) -> None:
+        with self._lock:
+            self.total += 1
+            self._pending += 1
+
+    def before_read(self, batch: list[SourceItem]) -> list[SourceItem]:
+        """Items whose fingerprint (mtime+size, ETag) and results are current are not even read."""
+        with self.p.timer.time("lookup"):
+            self._known = self.p.store.known_items([i.uri for i in batch])
+        out = []
+        for item in batch:
+            k = self._known.get(item.uri)
+            if item.fingerprint and k and k.fingerprint == item.fingerprint and self._current(k, settled=False):
+                self._count()
+                continue
+            out.append(item)
+        return out
+
+    def after_read(self, items: list[PreparedItem]) -> list[PreparedItem]:
+        """Same bytes: unchanged whatever the fingerprint says (a touched file); its new fingerprint is
+        stored so the next scan skips it without reading."""
+        kept: list[PreparedItem] = []
+        touched: dict[str, str] = {}
+        for p in items:
+            k = self._known.get(p.item.uri)
+            if p.sha256 and k and k.sha256 == p.sha256 and self._current(k, settled=p.settled):
+                if p.item.fingerprint and k.fingerprint != p.item.fingerprint:
+                    touched[p.item.uri] = p.item.fingerprint
+                self._count()
+                continue
+            kept.append(p)
+        if touched:
+            with self.p.timer.time("store"):
+                self.p.store.update_fingerprints(touched)
+        return kept
+
+    def _current(self, known: KnownItem, *, settled: bool) -> bool:
+        """Stored with the current version and model of every policy that decides it (or a recorded bad-image error)."""
+        if self.force or known.status is ItemStatus.DELETED:
+            return False  # a deleted object seen again was re-uploaded: score it anew
+        if known.status is ItemStatus.SKIPPED:
+            return True  # refused by a source rule (archive member): same fingerprint, same refusal
+        if known.status is ItemStatus.ERROR:
+            return known.sha256 is not None  # bytes were read: the error is about the image, not the fetch
+        deciding = self.byte_policies if settled else list(self.p.versions)
+        return all(
+            known.policy_versions.get(name) == self.p.versions[name]
+            and known.policy_models.get(name) == self.p.policy_models[name]
+            for name in deciding
+        )

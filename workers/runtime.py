@@ -64,7 +64,9 @@ def batch_log() -> logging.Logger:
 
 
 def log_batch(**fields: Any) -> None:
-    batch_log().info(json.dumps({"ts": round(time.time(), 3), "event": "batch", **fields}, default=str))
+    """One line per delivery; the counts are always there (0 for a batch split, or dropped as a copy)."""
+    counts = {"scanned": 0, "unchanged": 0, "errors": 0, "skipped": 0}
+    batch_log().info(json.dumps({"ts": round(time.time(), 3), "event": "batch", **counts, **fields}, default=str))
 
 
 def signature(paths: list[Path]) -> Signature:
@@ -90,6 +92,18 @@ class _Entry:
     rejected: Signature | None = None  # last invalid state, logged once
 
 
+def not_run_text(pipeline: Pipeline) -> str:
+    """One line per cause: "nsfw, violence: <why>; ..." (five CLIP policies without weights make one)."""
+    by_reason: dict[str, list[str]] = {}
+    for skipped in pipeline.not_run:
+        by_reason.setdefault(skipped.reason, []).append(skipped.policy)
+    return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+
+
+class PoliciesUnavailable(Exception):
+    """No valid policy can run in this worker: its batches cannot be scored (the job fails, saying why)."""
+
+
 class Pipelines:
     """One pipeline per policy selection (a job's --policy), rebuilt when its files change."""
 
@@ -108,8 +122,8 @@ class Pipelines:
             try:
                 loaded = self._load(policies, paths)
             except Exception as exc:
-                if entry is None:
-                    raise  # nothing valid to fall back on: the batch fails (and the job with it)
+                if entry is None:  # nothing valid to fall back on: the batch fails (and the job with it)
+                    raise PoliciesUnavailable(f"invalid policies: {exc}") from exc
                 log.error("policy reload refused, still serving the last valid version: %s", exc)
                 entry.rejected = sig
                 return entry.pipeline
@@ -147,12 +161,18 @@ class Pipelines:
 
     @staticmethod
     def _build(loaded: list[LoadedPolicy]) -> Pipeline:
+        from moderator.errors import ScorerUnavailable
         from moderator.pipeline import Pipeline
 
-        pipeline = Pipeline(settings(), store(), loaded)
+        try:
+            pipeline = Pipeline(settings(), store(), loaded)
+        except ScorerUnavailable as exc:
+            raise PoliciesUnavailable(str(exc)) from exc
         if not pipeline.policies:
-            reasons = "; ".join(f"{s.policy}: {s.reason}" for s in pipeline.not_run)
-            raise RuntimeError(f"none of the policies can run in this worker ({reasons})")
+            raise PoliciesUnavailable(f"none of the policies can run in this worker ({not_run_text(pipeline)})")
+        if pipeline.not_run:
+            # Said once per pipeline here, and recorded in every job it scores (jobs, the API).
+            log.warning("policies not run in this worker: %s", not_run_text(pipeline))
         return pipeline
 
 

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from moderator.settings import Settings
 from moderator.s3events.ordering import EventLog, newest_per_object
 from moderator.s3events.parse import EventKind, S3Event
+from moderator.settings import Settings
 
 Submit = Callable[[list[str]], str]  # uris -> job id
 

@@ -17,8 +17,7 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from moderator.s3events.parse import S3Event
-from moderator.store.s3_tables import S3EventState
-from moderator.store.tables import utcnow
+from moderator.store.tables import S3EventState, utcnow
 
 
 def newest_per_object(events: Iterable[S3Event]) -> list[S3Event]:

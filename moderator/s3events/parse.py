@@ -21,6 +21,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote_plus
 
+from moderator.s3events.guard import MAX_DEPTH, nesting_depth
+
 # Sequencers are hex strings of varying length; AWS says to left-pad to equal length
 # and compare as strings. A fixed width lets the database compare them too.
 SEQUENCER_WIDTH = 64
@@ -84,6 +86,8 @@ def parse_notification(body: str | bytes | Mapping[str, Any]) -> list[S3Event]:
 
 
 def _load(body: str | bytes) -> Any:
+    if nesting_depth(body) > MAX_DEPTH:  # json.loads would recurse that deep (RecursionError)
+        raise MalformedEvent(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -12,9 +12,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from moderator.settings import Settings
+from moderator.s3events.guard import allowed
 from moderator.s3events.handler import EventHandler, EventStore, Submit, store_for
 from moderator.s3events.parse import MalformedEvent, S3Event, parse_notification
+from moderator.settings import Settings
 from moderator.sources.s3 import client
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class ListenStats:
     submitted: int = 0  # object uris enqueued
     deleted: int = 0  # objects marked deleted
     dropped: int = 0  # duplicate or stale events
+    refused: int = 0  # events outside s3_event_allow (their messages are deleted)
     failed_batches: int = 0  # batches whose action failed: left for redelivery
 
 
@@ -52,13 +54,18 @@ def listen_sqs(
         response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=want, WaitTimeSeconds=wait_seconds)
         messages = response.get("Messages", [])
         stats.received += len(messages)
-        if messages and not handle_batch(sqs, queue_url, messages, handler, stats):
+        if messages and not handle_batch(sqs, queue_url, messages, handler, stats, settings):
             stop.wait(RETRY_PAUSE_S)  # e.g. the broker is down: do not spin
     return stats
 
 
 def handle_batch(
-    sqs: Any, queue_url: str, messages: list[dict[str, Any]], handler: EventHandler, stats: ListenStats
+    sqs: Any,
+    queue_url: str,
+    messages: list[dict[str, Any]],
+    handler: EventHandler,
+    stats: ListenStats,
+    settings: Settings | None = None,
 ) -> bool:
     """Act on one received batch; False when the action failed (nothing deleted)."""
     events: list[S3Event] = []
@@ -74,7 +81,7 @@ def handle_batch(
             continue
         done.append(message)
     try:
-        outcome = handler.handle(events)
+        outcome = handler.handle(_allowed(events, settings, stats))
     except Exception:
         stats.failed_batches += 1
         log.exception("acting on %d S3 events failed; their messages will be delivered again", len(events))
@@ -91,3 +98,14 @@ def handle_batch(
             # Harmless: redelivered, then dropped as a duplicate by its sequencer.
             log.warning("could not delete SQS message %s: %s", failure.get("Id"), failure.get("Message"))
     return True
+
+
+def _allowed(events: list[S3Event], settings: Settings | None, stats: ListenStats) -> list[S3Event]:
+    """The events the operator's s3_event_allow lets through (the webhook obeys the same guard)."""
+    if settings is None:
+        return events
+    kept = [e for e in events if allowed(e, settings)]
+    if len(kept) < len(events):
+        stats.refused += len(events) - len(kept)
+        log.warning("refused %d S3 events outside s3_event_allow", len(events) - len(kept))
+    return kept

@@ -15,10 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 from moderator.cli.listen import listen as listen_command
-from moderator.settings import Settings
-from moderator.sources import listen as listen_module
+from moderator.s3events import sqs as listen_module
 from moderator.s3events.handler import QueueUnavailable, queue_submit
 from moderator.s3events.sqs import listen_sqs
+from moderator.settings import Settings
 from moderator.store import ItemRecord, Store
 from moderator.types import ItemStatus
 

@@ -34,31 +34,62 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
+def redis_exe() -> str:
     exe = shutil.which("redis-server")
     if exe is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("redis-server is not installed")
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    return exe
+
+
+class RedisServer:
+    """A private redis-server on a fixed port that a test can stop and start again (a broker outage).
+
+    Without `data_dir` nothing is persisted: a restart comes back empty, as a Redis without
+    persistence does. With it, an append-only file keeps the data across the restart.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.exe = redis_exe()
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.data_dir is None:
+            args += ["--appendonly", "no"]
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    server = RedisServer()
+    server.start()
+    yield server.url
+    server.stop()
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -70,16 +101,18 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "model",
         "pretrained",
         "device",
+        "backend",
         "batch_size",
         "queue_name",
         "visibility_timeout",
         "max_deliveries",
         "task_max_retries",
+        "queue_repair_interval",
         "worker_metrics_port",
         "decode_workers",
     ):
         env[f"MODERATOR_{name.upper()}"] = str(
-            getattr(settings, name).value if name == "device" else getattr(settings, name)
+            getattr(settings, name).value if name in ("device", "backend") else getattr(settings, name)
         )
     env["MODERATOR_POLICIES"] = json.dumps([str(p) for p in settings.policies])
     env["MODERATOR_WORKER_IMPORTS"] = json.dumps(settings.worker_imports)
@@ -96,6 +129,8 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
         "model": "test-tiny",
         "pretrained": "none",
         "device": "cpu",
+        # PyTorch: no ONNX export on a worker's first batch (seconds on a shared CPU, past a 10 s time limit).
+        "backend": "torch",
         "batch_size": 4,
         "decode_workers": 2,
         "queue_batch_size": 4,
