@@ -15,8 +15,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import moderator.store.review_tables  # noqa: F401  (the review tables join Base.metadata)
-from moderator.review import auth, routes_admin, routes_api, routes_auth, routes_meta, routes_pages, search_routes
+import moderator.store.tables  # noqa: F401  (every table joins Base.metadata)
+from moderator.review import (
+    auth,
+    routes_admin,
+    routes_api,
+    routes_auth,
+    routes_meta,
+    routes_pages,
+    routes_tokens,
+    search_routes,
+)
+from moderator.review.params import ERROR_RESPONSES
 from moderator.review.templates import HERE, render
 from moderator.settings import Settings
 
@@ -78,22 +88,46 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if _wants_html(request):
         principal = getattr(request.state, "principal", None)
         return render(request, "error.html", principal, status_code=exc.status_code, message=exc.detail)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    detail: Any = exc.detail
+    if exc.status_code == 422 and isinstance(detail, str):
+        # Every 422 has the one documented shape (OpenAPI HTTPValidationError), ours as FastAPI's.
+        detail = [{"loc": [], "msg": detail, "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # No input echoed back: a hostile value must not come back in the body.
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    errors = [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type", "value_error"),
+        }
+        for e in exc.errors()
+    ]
+    if _wants_html(request):
+        principal = getattr(request.state, "principal", None)
+        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in errors)
+        return render(request, "error.html", principal, status_code=422, message=message)
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def _include_webhook(app: FastAPI) -> None:
+def _include_webhook(app: FastAPI, settings: Settings) -> None:
     try:
-        from moderator.review.routes_hooks import router
+        from moderator.review.routes_hooks import router, webhook_settings
     except ImportError:
         return
     app.include_router(router)
+    app.dependency_overrides[webhook_settings] = lambda: settings  # the app's settings, not a fresh read
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's forwarded-header options (`moderator serve`): X-Forwarded-For/-Proto are believed only
+    from the operator's trusted_proxies, so a client cannot pick the address the login limit counts."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": []}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
 
 
 def create_app(settings: Settings, store: Any = None) -> FastAPI:
@@ -107,6 +141,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # served by routes_meta behind a login
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.store = store
@@ -117,7 +152,9 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api, search_routes):
         app.include_router(module.router)
-    _include_webhook(app)
+    app.include_router(routes_tokens.pages)
+    app.include_router(routes_tokens.api)
+    _include_webhook(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)
     return app

@@ -9,8 +9,6 @@ credentials to a cross-site request by themselves.
 from __future__ import annotations
 
 import base64
-import binascii
-import hmac
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +20,9 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from moderator.review import users
+from moderator.review.credentials import bearer_token, same_secret
 from moderator.settings import Settings
-from moderator.store.review_tables import Role, User, WebSession, utcnow
+from moderator.store.tables import Role, User, WebSession, utcnow
 
 COOKIE = "moderator_session"
 LOGIN_CSRF_COOKIE = "moderator_login_csrf"
@@ -125,7 +124,7 @@ def set_session_cookie(response: Response, request: Request, token: str) -> None
 def _basic(db: Session, request: Request, value: str) -> User | None:
     try:
         name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 (UnicodeDecodeError)
         return None
     s = settings_of(request)
     try:
@@ -139,13 +138,13 @@ def _basic(db: Session, request: Request, value: str) -> User | None:
 
 def resolve(request: Request, db: Session) -> Principal | None:
     """The caller, from Authorization (Bearer token or Basic) or else the session cookie."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    scheme = scheme.lower()
-    if scheme == "bearer" and value:
-        user = users.user_for_token(db, value.strip())
+    token = bearer_token(request)
+    if token is not None:
+        user = users.user_for_token(db, token)
         db.commit()
         return Principal(user, "token") if user else None
-    if scheme == "basic" and value:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic" and value.strip():
         user = _basic(db, request, value.strip())
         return Principal(user, "basic") if user else None
     token = request.cookies.get(COOKIE)
@@ -178,7 +177,7 @@ async def check_csrf(request: Request, principal: Principal) -> None:
     ):
         value = (await request.form()).get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    if not sent or not hmac.compare_digest(sent, principal.csrf_token):
+    if not sent or not same_secret(sent, principal.csrf_token):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
 
 

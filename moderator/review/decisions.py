@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from moderator.review import queries
-from moderator.store.review_tables import Review, ReviewLabel, Verdict
-from moderator.store.tables import Item
+from moderator.store.tables import Item, Review, ReviewLabel, Verdict
 from moderator.types import Action
 
 

@@ -10,33 +10,52 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ColumnElement, Float, Select, and_, case, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
-from moderator.store.review_tables import Review
-from moderator.store.tables import Item, Result
+from moderator.store.tables import Item, Result, Review
 from moderator.types import Action
 
 FLAGGED = (Action.REVIEW.value, Action.BLOCK.value)
 
 
-class QueueFilters(BaseModel):
-    """What the queue shows: unreviewed items whose decision is review or block."""
+MAX_NAME = 128  # policy, class and tag names
+MAX_URI = 4096
+MAX_PAGE = 1_000_000
 
-    model_config = ConfigDict(extra="forbid")
+
+class QueueFilters(BaseModel):
+    """What the queue shows: unreviewed items whose decision is review or block.
+
+    Also the query parameters of /queue and /api/queue (``class`` for `cls`); an empty
+    value, as a form sends it, means no filter.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     decision: Action | None = Field(default=None, description="review or block (both when empty).")
-    policy: str | None = Field(default=None, description="Only items where this policy fired.")
-    cls: str | None = Field(default=None, description="Only items where a class of this name fired.")
-    tag: str | None = Field(default=None, description="Only items carrying this tag.")
-    source: str | None = Field(default=None, description="Only items whose uri starts with this prefix.")
+    policy: str | None = Field(default=None, max_length=MAX_NAME, description="Only items where this policy fired.")
+    cls: str | None = Field(
+        default=None, alias="class", max_length=MAX_NAME, description="Only items where a class of this name fired."
+    )
+    tag: str | None = Field(default=None, max_length=MAX_NAME, description="Only items carrying this tag.")
+    source: str | None = Field(
+        default=None, max_length=MAX_URI, description="Only items whose uri starts with this prefix."
+    )
     since: datetime | None = Field(default=None, description="Updated at or after.")
     until: datetime | None = Field(default=None, description="Updated before.")
     min_score: float | None = Field(default=None, ge=0, le=1, description="Top fired score at least this.")
     max_score: float | None = Field(default=None, ge=0, le=1, description="Top fired score at most this.")
-    page: int = Field(default=1, ge=1)
+    page: int = Field(default=1, ge=1, le=MAX_PAGE)
     per_page: int = Field(default=50, ge=1, le=500)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_no_filter(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from moderator.review import queries, users
 from moderator.review.auth import CurrentAdmin, Db
+from moderator.review.queries import MAX_PAGE
 from moderator.review.templates import render
-from moderator.store.review_tables import Role
+from moderator.store.tables import Role
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
 
 @router.get("/users", response_class=HTMLResponse)
-def users_page(request: Request, principal: CurrentAdmin, db: Db, error: str = "") -> HTMLResponse:
+def users_page(
+    request: Request, principal: CurrentAdmin, db: Db, error: Annotated[str, Query(max_length=500)] = ""
+) -> HTMLResponse:
     return render(request, "users.html", principal, users=users.list_users(db), error=error, roles=list(Role))
 
 
@@ -47,7 +50,12 @@ def add_user(
 
 
 @router.post("/users/{name}/{action}")
-def change_user(name: str, action: str, principal: CurrentAdmin, db: Db) -> RedirectResponse:
+def change_user(
+    name: Annotated[str, Path(max_length=64)],
+    action: Annotated[str, Path(max_length=16)],
+    principal: CurrentAdmin,
+    db: Db,
+) -> RedirectResponse:
     if name == principal.user.name and action in ("disable", "reviewer"):
         raise HTTPException(422, "admins cannot disable or demote themselves")
     try:
@@ -64,6 +72,7 @@ def change_user(name: str, action: str, principal: CurrentAdmin, db: Db) -> Redi
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, principal: CurrentAdmin, db: Db, page: int = 1) -> HTMLResponse:
-    page = max(1, page)
+def audit_page(
+    request: Request, principal: CurrentAdmin, db: Db, page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1
+) -> HTMLResponse:
     return render(request, "audit.html", principal, reviews=queries.audit(db, page), page=page)

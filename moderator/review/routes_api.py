@@ -7,26 +7,33 @@ token (`Authorization: Bearer ...`).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from moderator.review import decisions, queries
-from moderator.review.auth import CurrentUser, Db, settings_of
+from moderator.review.auth import CurrentUser, Db, Principal, settings_of
+from moderator.review.params import DbId, ItemId, JobId
 from moderator.review.routes_pages import Filters
-from moderator.store.review_tables import Review
-from moderator.store.tables import Item
+from moderator.review.scan_roots import target_allowed
+from moderator.store.tables import Item, Review
 
 router = APIRouter(prefix="/api", tags=["api"])
+Target = Annotated[str, StringConstraints(min_length=1, max_length=queries.MAX_URI)]
+PolicyName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=queries.MAX_NAME)]
 
 
 class ScanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    targets: list[str] = Field(min_length=1, max_length=10_000, description="Paths, folders, archives or S3 URIs.")
-    policies: list[str] | None = Field(default=None, description="Policy names; all configured policies when empty.")
+    targets: list[Target] = Field(
+        min_length=1, max_length=10_000, description="Paths, folders, archives or S3 URIs under api_scan_roots."
+    )
+    policies: list[PolicyName] | None = Field(
+        default=None, max_length=100, description="Names of configured policies; all of them when empty."
+    )
 
 
 class ScanOut(BaseModel):
@@ -66,7 +73,7 @@ class QueueOut(BaseModel):
 
 
 class BulkDecisionIn(decisions.DecisionIn):
-    item_ids: list[int] = Field(min_length=1, max_length=1000)
+    item_ids: list[DbId] = Field(min_length=1, max_length=1000)
 
 
 def _review_out(r: Review) -> ReviewOut:
@@ -102,22 +109,53 @@ def item_out(db: Session, item: Item) -> ItemOut:
     )
 
 
+def configured_policy_files(names: list[str] | None, request: Request) -> list[str] | None:
+    """The files of the named configured policies (never a caller's path: no probe of the server's disk)."""
+    from moderator.policy.load import PolicyError, load_policies
+
+    if not names:
+        return None
+    try:
+        known = {p.name: str(p.path.resolve()) for p in load_policies(settings_of(request).policy_paths())}
+    except PolicyError as e:
+        raise HTTPException(503, f"the server's policies do not load: {e}") from None
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise HTTPException(422, f"unknown policy {', '.join(unknown)}; configured: {', '.join(sorted(known))}")
+    return [known[n] for n in names]
+
+
+def may_scan(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise HTTPException(403, "only admins may enqueue scans")
+
+
 @router.post("/scans", response_model=ScanOut, status_code=202)
 def enqueue_scan(request: Request, body: ScanIn, principal: CurrentUser) -> ScanOut:
-    """Queue a scan of paths or S3 URIs for the workers; returns the job id."""
+    """Queue a scan of paths or S3 URIs under the server's api_scan_roots (admins only); returns the job id."""
+    may_scan(principal)
+    settings = settings_of(request)
+    roots = settings.api_scan_roots
+    refused = [i for i, target in enumerate(body.targets) if not target_allowed(target, roots)]
+    if refused:
+        where = "under the server's scan roots (api_scan_roots)" if roots else "at all: api_scan_roots is empty"
+        raise HTTPException(403, f"targets[{refused[0]}]: the API may not enqueue it: not {where}")
+    policies = configured_policy_files(body.policies, request)
     try:
         from moderator.queue import enqueue_targets
     except ImportError:
         raise HTTPException(503, "scanning through the queue is not available in this installation") from None
     try:
-        job_id = enqueue_targets(body.targets, settings_of(request), body.policies)
+        job_id = enqueue_targets(body.targets, settings, policies)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
+    except Exception as e:  # the broker or the store is down: nothing to fix in the request
+        raise HTTPException(503, f"could not enqueue now ({type(e).__name__}); try again later") from None
     return ScanOut(job_id=job_id)
 
 
 @router.get("/jobs/{job_id}")
-def job_status(request: Request, job_id: str, principal: CurrentUser) -> dict[str, Any]:
+def job_status(request: Request, job_id: JobId, principal: CurrentUser) -> dict[str, Any]:
     """A job's state and progress counts."""
     store = request.app.state.store
     job = store.get_job(job_id)
@@ -127,7 +165,12 @@ def job_status(request: Request, job_id: str, principal: CurrentUser) -> dict[st
 
 
 @router.get("/items", response_model=list[ItemOut])
-def lookup_items(db: Db, principal: CurrentUser, uri: str | None = None, sha256: str | None = None) -> list[ItemOut]:
+def lookup_items(
+    db: Db,
+    principal: CurrentUser,
+    uri: Annotated[str | None, Query(max_length=queries.MAX_URI)] = None,
+    sha256: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[ItemOut]:
     """Items by uri or by content sha256 (one of them)."""
     if (uri is None) == (sha256 is None):
         raise HTTPException(422, "give exactly one of uri or sha256")
@@ -135,7 +178,7 @@ def lookup_items(db: Db, principal: CurrentUser, uri: str | None = None, sha256:
 
 
 @router.get("/items/{item_id}", response_model=ItemOut)
-def get_item(item_id: int, db: Db, principal: CurrentUser) -> ItemOut:
+def get_item(item_id: ItemId, db: Db, principal: CurrentUser) -> ItemOut:
     item = db.get(Item, item_id)
     if item is None:
         raise HTTPException(404, "no such item")
@@ -150,7 +193,7 @@ def get_queue(db: Db, principal: CurrentUser, filters: Filters) -> QueueOut:
     return QueueOut(total=page.total, page=page.page, per_page=page.per_page, items=[vars(r) for r in page.rows])
 
 
-def _decide(db: Session, item_ids: list[int], d: decisions.DecisionIn, principal: Any) -> list[ReviewOut]:
+def _decide(db: Session, item_ids: list[int], d: decisions.DecisionIn, principal: Principal) -> list[ReviewOut]:
     items = [db.get(Item, i) for i in item_ids]
     missing = [i for i, item in zip(item_ids, items, strict=True) if item is None]
     if missing:
@@ -164,7 +207,7 @@ def _decide(db: Session, item_ids: list[int], d: decisions.DecisionIn, principal
 
 
 @router.post("/items/{item_id}/decisions", response_model=ReviewOut, status_code=201)
-def decide_item(item_id: int, body: decisions.DecisionIn, db: Db, principal: CurrentUser) -> ReviewOut:
+def decide_item(item_id: ItemId, body: decisions.DecisionIn, db: Db, principal: CurrentUser) -> ReviewOut:
     """Record a reviewer decision (confirm, dismiss, relabel) on one item."""
     return _decide(db, [item_id], body, principal)[0]
 

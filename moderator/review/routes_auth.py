@@ -1,17 +1,17 @@
-"""Login, logout and the user's own API tokens."""
+"""Login and logout (the account page and API tokens: routes_tokens)."""
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from moderator.review import auth, users
 from moderator.review.auth import CurrentUser, Db, settings_of
-from moderator.review.routes_pages import safe_next
+from moderator.review.credentials import same_secret
+from moderator.review.links import safe_next
 from moderator.review.templates import render
 
 router = APIRouter(include_in_schema=False)
@@ -55,7 +55,7 @@ def login(
     next: Annotated[str, Form()] = "/queue",
 ) -> HTMLResponse | RedirectResponse:
     cookie = request.cookies.get(auth.LOGIN_CSRF_COOKIE, "")
-    if not cookie or not hmac.compare_digest(cookie, csrf_token):
+    if not cookie or not same_secret(cookie, csrf_token):
         return _login_form(request, "The form expired: please try again.", 403)
     s = settings_of(request)
     try:
@@ -83,17 +83,3 @@ def logout(request: Request, principal: CurrentUser, db: Db) -> RedirectResponse
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/")
     return response
-
-
-@router.get("/account", response_class=HTMLResponse)
-def account(request: Request, principal: CurrentUser) -> HTMLResponse:
-    return render(request, "account.html", principal, new_token=None)
-
-
-@router.post("/account/tokens", response_class=HTMLResponse)
-def new_token(request: Request, principal: CurrentUser, db: Db, label: Annotated[str, Form()] = "") -> HTMLResponse:
-    if principal.via != "session":
-        raise HTTPException(403, "API tokens are made from a browser session or the CLI")
-    token = users.create_token(db, principal.user.name, label[:128])
-    db.commit()
-    return render(request, "account.html", principal, new_token=token)

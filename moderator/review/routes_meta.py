@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -12,6 +11,7 @@ from sqlalchemy import text
 
 from moderator.review import auth, queries
 from moderator.review.auth import CurrentUser, Db, settings_of
+from moderator.review.credentials import bearer_matches
 from moderator.review.templates import render
 
 router = APIRouter(include_in_schema=False)
@@ -38,12 +38,7 @@ def healthz(db: auth.Db) -> dict[str, str]:
 @router.get("/metrics")
 def metrics(request: Request, db: Db) -> Response:
     """Prometheus metrics: for the metrics bearer token, or an admin."""
-    token = settings_of(request).metrics_token
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    allowed = bool(
-        token and scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token.get_secret_value())
-    )
-    if not allowed:
+    if not bearer_matches(request, settings_of(request).metrics_token):
         principal = auth.resolve(request, db)
         if principal is None:
             raise auth.NotAuthenticated()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi import APIRouter, Form, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
@@ -13,32 +12,16 @@ from pydantic import ValidationError
 from moderator.review import decisions, queries
 from moderator.review.auth import CurrentUser, Db, settings_of
 from moderator.review.images import load_thumbnail
+from moderator.review.links import safe_next
+from moderator.review.params import DbId, ItemId
 from moderator.review.templates import render
-from moderator.store.review_tables import Verdict
-from moderator.store.tables import Item
+from moderator.store.tables import Item, Verdict
 
 router = APIRouter(include_in_schema=False)
 
 
-def queue_filters(request: Request) -> queries.QueueFilters:
-    """Filters from the query string; empty fields (as forms send them) mean no filter."""
-    fields = {"class" if k == "cls" else k: k for k in queries.QueueFilters.model_fields}
-    raw = {fields[k]: v for k, v in request.query_params.items() if k in fields and v.strip()}
-    try:
-        return queries.QueueFilters.model_validate(raw)
-    except ValidationError as e:
-        raise HTTPException(422, "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
-
-
-Filters = Annotated[queries.QueueFilters, Depends(queue_filters)]
-
-
-def safe_next(url: str, default: str = "/queue") -> str:
-    """Only same-site paths are redirect targets (no open redirect)."""
-    parts = urlsplit(url)
-    if parts.scheme or parts.netloc or not url.startswith("/") or url.startswith("//"):
-        return default
-    return url
+# The filters are query parameters (documented in the API schema); blank means no filter.
+Filters = Annotated[queries.QueueFilters, Query()]
 
 
 @router.get("/")
@@ -60,7 +43,7 @@ def queue_page(request: Request, principal: CurrentUser, db: Db, filters: Filter
 
 
 @router.get("/items/{item_id}", response_class=HTMLResponse)
-def item_page(request: Request, item_id: int, principal: CurrentUser, db: Db) -> HTMLResponse:
+def item_page(request: Request, item_id: ItemId, principal: CurrentUser, db: Db) -> HTMLResponse:
     item = db.get(Item, item_id)
     if item is None:
         raise HTTPException(404, "no such item")
@@ -79,7 +62,7 @@ def item_page(request: Request, item_id: int, principal: CurrentUser, db: Db) ->
 
 
 @router.get("/items/{item_id}/image")
-async def item_image(request: Request, item_id: int, principal: CurrentUser, db: Db) -> Response:
+async def item_image(request: Request, item_id: ItemId, principal: CurrentUser, db: Db) -> Response:
     item = await run_in_threadpool(db.get, Item, item_id)
     if item is None:
         raise HTTPException(404, "no such item")
@@ -96,7 +79,7 @@ async def item_image(request: Request, item_id: int, principal: CurrentUser, db:
 def decide_form(
     principal: CurrentUser,
     db: Db,
-    item_ids: Annotated[list[int], Form()],
+    item_ids: Annotated[list[DbId], Form(max_length=1000)],
     verdict: Annotated[Verdict, Form()],
     labels: Annotated[str, Form()] = "",
     note: Annotated[str, Form()] = "",

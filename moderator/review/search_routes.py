@@ -10,15 +10,13 @@ the index is kept per app and reloaded when new embeddings are stored.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel
 
-from moderator.review.auth import CurrentUser, settings_of
 from moderator.engine.search import Hit, SearchIndex
+from moderator.review.auth import CurrentUser, settings_of
 
 router = APIRouter(prefix="/api", tags=["search"])
 TopK = Annotated[int, Query(ge=1, le=500, description="How many results.")]
@@ -31,7 +29,7 @@ class HitOut(BaseModel):
 
 
 def _index(request: Request) -> SearchIndex:
-    from moderator.models.clip import model_id_for
+    from moderator.models import model_id_for
 
     model_id = model_id_for(settings_of(request))
     cache: dict[str, SearchIndex] | None = getattr(request.app.state, "search_indexes", None)
@@ -51,8 +49,8 @@ def search(
     request: Request, principal: CurrentUser, q: str | None = None, sha256: str | None = None, k: TopK = 20
 ) -> list[HitOut]:
     """Items most similar to a text (q) or to a stored item (sha256), best first."""
-    from moderator.errors import ScorerUnavailable
     from moderator.engine.search import item_query, text_query
+    from moderator.errors import ScorerUnavailable
 
     if (q is None) == (sha256 is None):
         raise HTTPException(422, "give exactly one of q or sha256")
@@ -76,21 +74,20 @@ async def search_image(request: Request, principal: CurrentUser, file: UploadFil
     """Items that look like an uploaded example image."""
     from starlette.concurrency import run_in_threadpool
 
-    from moderator.errors import ScorerUnavailable
+    from moderator.engine.prepare import items_from_bytes
     from moderator.engine.search import image_query
+    from moderator.errors import ScorerUnavailable
 
     settings = settings_of(request)
     data = await file.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
         raise HTTPException(413, f"image larger than {settings.max_image_bytes} bytes")
     index = _index(request)
-    with tempfile.TemporaryDirectory(prefix="moderator-search-") as tmp:
-        path = Path(tmp) / "query"
-        path.write_bytes(data)
-        try:
-            query = await run_in_threadpool(image_query, settings, path, index.store)
-        except ScorerUnavailable as e:
-            raise HTTPException(503, str(e)) from None
-        except ValueError as e:
-            raise HTTPException(422, str(e).replace(str(path), "the upload")) from None
+    upload = items_from_bytes([("the upload", data)])[0]
+    try:
+        query = await run_in_threadpool(image_query, settings, upload, index.store)
+    except ScorerUnavailable as e:
+        raise HTTPException(503, str(e)) from None
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
     return _out(await run_in_threadpool(index.search, query, k))

@@ -11,7 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from moderator.store.review_tables import ApiToken, LoginFailure, Role, User, WebSession, utcnow
+from moderator.store.tables import ApiToken, LoginFailure, Role, User, WebSession, utcnow
 
 # OWASP password storage cheat sheet: Argon2id, m=19 MiB, t=2, p=1.
 HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16)
@@ -108,36 +108,73 @@ def user_for_token(db: Session, token: str) -> User | None:
     return user
 
 
+def list_tokens(db: Session, name: str | None = None) -> list[tuple[ApiToken, str]]:
+    """(token, owner name) of `name`'s API tokens, or of every user's when None; newest first."""
+    query = select(ApiToken, User.name).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id.desc())
+    if name is not None:
+        query = query.where(User.id == get_user(db, name).id)
+    return [(token, owner) for token, owner in db.execute(query).all()]
+
+
+def revoke_token(db: Session, token_id: int, actor: User | None) -> tuple[ApiToken, str]:
+    """Revoke one token: the actor's own, or anyone's for an admin or for the operator at the CLI
+    (actor None). Another user's token reads as unknown, so ids of others' tokens are not revealed."""
+    token = db.get(ApiToken, token_id)
+    owner = db.get(User, token.user_id) if token is not None else None
+    may = actor is None or actor.role == Role.ADMIN or (owner is not None and owner.id == actor.id)
+    if token is None or owner is None or not may:
+        raise UserError(f"no API token {token_id}")
+    token.revoked = True
+    return token, owner.name
+
+
 # --- failed-login rate limit -------------------------------------------------------
+# Each try is recorded (and committed) before the count that decides it: of any number of
+# concurrent tries, the k-th to commit counts at least k rows, so at most `max_failures`
+# reach the password check, on SQLite and PostgreSQL alike, without locks. A try that
+# passes keeps its row as the failure it turns out to be (a success clears the rows); a
+# refused try removes its own, so the window runs from the last real failure.
 
 
-def login_blocked(db: Session, name: str, client: str, max_failures: int, window_minutes: int) -> bool:
+def _key(name: str, client: str) -> tuple[str, str]:
+    return name[:255], client[:64]
+
+
+def failures_since(db: Session, name: str, client: str, window_minutes: int) -> int:
+    username, address = _key(name, client)
     since = utcnow() - timedelta(minutes=window_minutes)
     count = db.scalar(
         select(func.count())
         .select_from(LoginFailure)
-        .where(LoginFailure.username == name, LoginFailure.client == client, LoginFailure.at >= since)
+        .where(LoginFailure.username == username, LoginFailure.client == address, LoginFailure.at >= since)
     )
-    return (count or 0) >= max_failures
+    return count or 0
 
 
-def record_failure(db: Session, name: str, client: str, window_minutes: int) -> None:
-    db.add(LoginFailure(username=name[:255], client=client[:64]))
+def record_attempt(db: Session, name: str, client: str, window_minutes: int) -> LoginFailure:
+    """Record one try as a failure and commit it (the caller's pending work too)."""
+    username, address = _key(name, client)
+    attempt = LoginFailure(username=username, client=address)
+    db.add(attempt)
     # Old rows are of no use to the limit; pruning here keeps the table small.
     db.execute(delete(LoginFailure).where(LoginFailure.at < utcnow() - timedelta(minutes=window_minutes)))
+    db.commit()
+    return attempt
 
 
 def clear_failures(db: Session, name: str, client: str) -> None:
-    db.execute(delete(LoginFailure).where(LoginFailure.username == name, LoginFailure.client == client))
+    username, address = _key(name, client)
+    db.execute(delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.client == address))
 
 
 def login(db: Session, name: str, password: str, client: str, max_failures: int, window_minutes: int) -> User | None:
-    """Check a login under the rate limit; raises UserError when too many tries failed."""
-    if login_blocked(db, name, client, max_failures, window_minutes):
+    """Check a login under the rate limit; raises UserError when too many tries failed (the caller commits)."""
+    attempt = record_attempt(db, name, client, window_minutes)
+    if failures_since(db, name, client, window_minutes) > max_failures:
+        db.execute(delete(LoginFailure).where(LoginFailure.id == attempt.id))
         raise UserError("too many failed logins: try again later")
     user = check_password(db, name, password)
     if user is None:
-        record_failure(db, name, client, window_minutes)
         return None
     clear_failures(db, name, client)
     return user

@@ -116,7 +116,7 @@ def test_idle_session_expires(seeded: Seeded, client: TestClient) -> None:
 
     from sqlalchemy import update
 
-    from moderator.store.review_tables import WebSession, utcnow
+    from moderator.store.tables import WebSession, utcnow
 
     login(client, "rita")
     assert client.get("/api/queue").status_code == 200

@@ -93,7 +93,7 @@ def test_login_filter_and_confirm_with_keyboard(server: str, seeded: Seeded) -> 
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from moderator.store.review_tables import Review
+    from moderator.store.tables import Review
 
     with Session(seeded.store.engine) as db:
         reviews = db.execute(select(Review.item_uri, Review.reviewer, Review.verdict)).all()

@@ -8,7 +8,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from moderator.store.review_tables import Review, ReviewLabel
+from moderator.store.tables import Review, ReviewLabel
 
 from .helpers import Seeded, item_id, login, make_result
 

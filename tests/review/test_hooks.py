@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from moderator.settings import Settings
-from moderator.s3events.handler import EventHandler
 from moderator.review.routes_hooks import event_handler, router, webhook_settings
+from moderator.s3events.handler import EventHandler
+from moderator.settings import Settings
 from moderator.store import ItemRecord, Store
 from moderator.types import ItemStatus
 
