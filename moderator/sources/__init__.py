@@ -1,4 +1,7 @@
-"""Sources yield SourceItems; plugins register under the ``moderator.sources`` entry point."""
+"""Source plugins: they yield SourceItems; plugins register under the ``moderator.sources`` entry point.
+
+Only source plugins live here (S3 event notifications are moderator.s3events).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ class Source(Protocol):
     def iter_items(self, target: str, settings: Settings) -> Iterator[SourceItem]:
         """Every item under `target`, streamed (never the whole listing in memory)."""
 
+    def count(self, target: str, settings: Settings) -> int | None:
+        """How many items iter_items(target) yields, where that is cheap to know (a progress bar's total);
+        None where it is not (an S3 prefix, a compressed tar: counting would be the listing itself)."""
+
     def read(self, uri: str, settings: Settings) -> bytes:
         """The bytes of one item by the uri it was yielded with (workers fetch by reference)."""
 
@@ -41,6 +48,17 @@ def resolve(target: str) -> Source:
 def iter_targets(targets: list[str], settings: Settings) -> Iterator[SourceItem]:
     for target in targets:
         yield from resolve(target).iter_items(target, settings)
+
+
+def count_targets(targets: list[str], settings: Settings) -> int | None:
+    """Items a scan of `targets` will see, where every source can count cheaply; else None."""
+    total = 0
+    for target in targets:
+        n = resolve(target).count(target, settings)
+        if n is None:
+            return None
+        total += n
+    return total
 
 
 def read_uri(uri: str, settings: Settings) -> bytes:

@@ -1,67 +1,121 @@
 """zip and tar archives (plain, gz, bz2, xz), read in-stream and never extracted: the `archives` source.
 
-Every member is an item with the URI ``ARCHIVE#member/path``. Members that are not
-regular files (symlinks, hard links, devices, fifos), names that are absolute or
-climb out with ``..``, encrypted zip members and members over MODERATOR_MAX_IMAGE_BYTES
-(or, in a zip, with a bomb-like compression ratio) are yielded with a skip reason:
-the pipeline records them as skipped and nothing of theirs is read, let alone
-written to disk. Reads are capped at the size limit whatever the headers claim.
+URIs. Every member is an item with the URI ``ARCHIVE#MEMBER``; a member of an archive inside the archive
+is ``ARCHIVE#INNER#MEMBER`` (``photos.zip#2023.tar.gz#beach/1.jpg``), and so on down. ARCHIVE is the path
+on disk (the first prefix of the URI that is an existing archive file). Each MEMBER segment is the member's
+name with three characters escaped, ``%`` as ``%25``, ``#`` as ``%23`` and ``~`` as ``%7E`` (nothing else
+is), so ``#`` only ever separates segments. Members that share a name are all items: the first keeps the
+plain segment, the n-th (n >= 2, in archive order: zip central directory, tar stream) gets ``~n``
+(``photos.tar#a.jpg``, ``photos.tar#a.jpg~2``). A segment that is empty is the archive's own error
+(``photos.tar.gz#``: unreadable from there on, or a limit below reached). Reading a URI returns exactly the
+bytes of that member, the ones the scan read and scored.
+
+Nesting. A member that is an archive by its content (zip or tar signature; gz/bz2/xz with a tar name) is
+opened in turn and its members are the items, down to MAX_DEPTH archives below the one scanned; an archive
+deeper than that is recorded as skipped with the reason. A nested archive is held in memory while its
+members are read (at most MODERATOR_MAX_IMAGE_BYTES, like any member); workers keep the last few they
+opened. Reading a nested archive itself by its URI is refused: its members are the items.
+
+Limits, the same on every level. Members that are not regular files (symlinks, hard links, devices,
+fifos), names that are empty, absolute or climb out with ``..``, encrypted zip members, members over
+MODERATOR_MAX_IMAGE_BYTES and zip members with a bomb-like compression ratio are yielded with a skip reason:
+the pipeline records them as skipped and nothing of theirs is read, let alone written to disk. Reads are
+capped at the size limit whatever the headers claim. Over one archive, nested ones included: at most
+MODERATOR_ARCHIVE_MAX_MEMBERS members, and at most MAX_RATIO x its size on disk (+ RATIO_FLOOR) bytes
+decompressed; past either, the rest is one recorded error. A corrupt or truncated archive, at any level,
+keeps what came before and records the rest as one error.
 
 Reading one member by URI (`read`, what workers do):
-- zip: by name through the central directory (random access; the opened archive is
-  cached per process);
-- plain tar: by offset, from an index of member headers built once per process
-  (headers only: the walk seeks over the data);
-- compressed tar: a compressed stream cannot seek, so one read decompresses from the
-  start up to the member. Fine for a few reads; to enqueue a big archive for workers,
-  prefer zip or plain tar. `scan` itself streams a compressed tar once, in order.
+- zip: by name and occurrence through the central directory (random access; the opened archive is cached);
+- plain tar: by offset, from an index of member headers built once per process (headers only);
+- compressed tar: a compressed stream cannot seek, so one read decompresses from the start up to the
+  member. Fine for a few reads; to enqueue a big archive for workers, prefer zip or plain tar. `scan`
+  itself streams a compressed tar once, in order.
 """
 
 from __future__ import annotations
 
-import stat
-import tarfile
 import threading
-import zipfile
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from moderator.settings import Settings
+from moderator.sources.archive_levels import (
+    ARCHIVE_SUFFIXES,
+    HEAD_BYTES,
+    MAX_RATIO,
+    RATIO_FLOOR,
+    ArchiveLimitError,
+    ArchiveMemberError,
+    Budget,
+    Level,
+    Limits,
+    Member,
+    PlainTarLevel,
+    ZipLevel,
+    kind_of,
+    open_level,
+    refused,
+    unsafe_name,
+)
 from moderator.types import SourceItem
 
+__all__ = ["MAX_DEPTH", "MAX_RATIO", "RATIO_FLOOR", "SEP", "ArchiveMemberError", "ArchiveSource", "source"]
+__all__ += ["archive_kind", "member_segment", "parse_members", "split_uri", "unsafe_name"]
+
 SEP = "#"
-# zip members expanding more than this many times (and past RATIO_FLOOR bytes) are refused
-# as bombs before a byte is inflated: photos barely compress, a bomb inflates 1000x or more.
-MAX_RATIO = 100
-RATIO_FLOOR = 1 << 20
-_COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
-_COMPRESSION_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
-
-
-class ArchiveMemberError(Exception):
-    """A member that cannot be read (missing, over the limit, corrupt): recorded as the item's error."""
+OCCURRENCE = "~"
+MAX_DEPTH = 3  # archives opened below the one scanned: a.zip#b.zip#c.zip#d.zip#photo.jpg is as deep as it goes
+_ESCAPE = str.maketrans({"%": "%25", "#": "%23", "~": "%7E"})
+_UNESCAPE = {"25": "%", "23": "#", "7E": "~"}
+_CACHED_LEVELS = 6
+_CACHED_NESTED_BYTES = 512 * 1024 * 1024
 
 
 def archive_kind(path: Path) -> str | None:
     """'zip', 'tar' (plain) or 'tar-compressed' by the file's signature; None for anything else."""
     try:
         with path.open("rb") as f:
-            head = f.read(512)
+            head = f.read(HEAD_BYTES)
     except OSError:
         return None
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if head[257:262] == b"ustar":
-        return "tar"
-    if head.startswith(_COMPRESSION_MAGIC) and path.name.lower().endswith(_COMPRESSED_TAR):
-        return "tar-compressed"
-    return None
+    return kind_of(head, path.name)
+
+
+# -- URIs ----------------------------------------------------------------------------------------------
+
+
+def member_segment(name: str, occurrence: int = 1) -> str:
+    """The URI segment of the `occurrence`-th member called `name` (see the module note)."""
+    escaped = name.translate(_ESCAPE)
+    return escaped if occurrence == 1 else f"{escaped}{OCCURRENCE}{occurrence}"
+
+
+def _parse_segment(segment: str) -> tuple[str, int]:
+    escaped, tilde, number = segment.partition(OCCURRENCE)
+    occurrence = 1
+    if tilde:
+        if not (number.isascii() and number.isdigit() and number[0] != "0" and int(number) >= 2):
+            raise ArchiveMemberError(f"bad occurrence {OCCURRENCE}{number!r} in member {segment!r}: ~2, ~3, ...")
+        occurrence = int(number)
+    head, *rest = escaped.split("%")
+    parts = [head]
+    for part in rest:
+        if part[:2] not in _UNESCAPE:
+            raise ArchiveMemberError(f"bad escape in member {segment!r}: only %25, %23 and %7E are used")
+        parts.append(_UNESCAPE[part[:2]] + part[2:])
+    return "".join(parts), occurrence
+
+
+def parse_members(rest: str) -> list[tuple[str, int]]:
+    """``INNER#MEMBER`` (what follows ``ARCHIVE#``) -> [(name, occurrence), ...], outermost first."""
+    return [_parse_segment(segment) for segment in rest.split(SEP)]
 
 
 def split_uri(uri: str) -> tuple[Path, str] | None:
-    """``ARCHIVE#member`` -> (archive path, member name); the archive is the first prefix that is one."""
+    """``ARCHIVE#rest`` -> (archive path, rest); the archive is the first prefix that is one."""
     start = 0
     while (i := uri.find(SEP, start)) != -1:
         path = Path(uri[:i])
@@ -71,198 +125,149 @@ def split_uri(uri: str) -> tuple[Path, str] | None:
     return None
 
 
-def unsafe_name(name: str) -> str | None:
-    """Why a member name must not be used (absolute, or with a `..` component); None when fine."""
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return f"absolute member path {name!r}"
-    if ".." in parts:
-        return f"member path {name!r} climbs out of the archive (..)"
-    return None
+# -- listing -------------------------------------------------------------------------------------------
 
 
-def _too_large(size: int, limit: int) -> str:
-    return f"member of {size} bytes is over MODERATOR_MAX_IMAGE_BYTES={limit}"
+def _too_deep() -> str:
+    return f"archive nested more than {MAX_DEPTH} deep: not opened"
 
 
-def _capped(f: object, limit: int, name: str) -> bytes:
-    data: bytes = f.read(limit + 1)  # type: ignore[attr-defined]
-    if len(data) > limit:  # headers understated the size: stop reading, never buffer the rest
-        raise ArchiveMemberError(f"{name}: more than MODERATOR_MAX_IMAGE_BYTES={limit} bytes")
-    return data
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, ArchiveLimitError):
+        return str(exc)
+    return f"archive unreadable from here on: {type(exc).__name__}: {exc}"
 
 
-def _refused(reason: str) -> bytes:
-    raise ArchiveMemberError(reason)
-
-
-def _given(data: bytes) -> bytes:
-    return data
-
-
-# -- zip ---------------------------------------------------------------------------------
-
-_zips: OrderedDict[tuple[str, int, int], zipfile.ZipFile] = OrderedDict()
-_zips_lock = threading.Lock()
-
-
-def _zip(path: Path) -> zipfile.ZipFile:
-    """The process's open ZipFile for this archive (reads from several threads are safe)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    with _zips_lock:
-        if key not in _zips:
-            _zips[key] = zipfile.ZipFile(path)
-            while len(_zips) > 4:
-                _zips.popitem(last=False)[1].close()  # open member reads keep their handle
-        _zips.move_to_end(key)
-        return _zips[key]
-
-
-def zip_reason(info: zipfile.ZipInfo, limit: int) -> str | None:
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "symlink member"
-    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-        return "not a regular file"
-    if info.flag_bits & 0x1:
-        return "encrypted member"
-    if unsafe := unsafe_name(info.filename):
-        return unsafe
-    if info.file_size > limit:
-        return _too_large(info.file_size, limit)
-    if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        return f"compression ratio over {MAX_RATIO}:1 (a zip bomb?)"
-    return None
-
-
-def read_zip_member(path: Path, name: str, limit: int) -> bytes:
-    zf = _zip(path)
+def _sniff(member: Member) -> str | None:
     try:
-        info = zf.getinfo(name)
-    except KeyError:
-        raise ArchiveMemberError(f"no member {name!r} in {path}") from None
-    if reason := zip_reason(info, limit):
-        raise ArchiveMemberError(reason)
-    with zf.open(info) as f:
-        return _capped(f, limit, name)
+        return kind_of(member.head(), member.name)
+    except Exception:  # unreadable: reading it as an item records why
+        return None
 
 
-def iter_zip(path: Path, limit: int) -> Iterator[SourceItem]:
-    # The central directory is read whole (zipfile's way): about 100 bytes per member.
-    for info in _zip(path).infolist():
-        if info.is_dir():
-            continue
-        yield SourceItem(
-            uri=f"{path}{SEP}{info.filename}",
-            read=partial(read_zip_member, path, info.filename, limit),
-            size=info.file_size,
-            fingerprint=f"zip:{info.file_size}:{info.CRC:08x}:{info.date_time}",
-            meta={"archive": str(path), "member": info.filename},
-            skip_reason=zip_reason(info, limit),
-        )
+class _Listing:
+    """One archive being listed: its path, limits and budget, shared by every nested level."""
 
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.limits = Limits(settings.max_image_bytes, settings.archive_max_members)
+        self.budget = Budget(path.stat().st_size, self.limits)
 
-# -- tar ---------------------------------------------------------------------------------
+    def items(self, opener: Callable[[], Level], prefix: str, inside: tuple[str, ...]) -> Iterator[SourceItem]:
+        """Every member of one level (and of the archives in it) as items; never raises."""
+        seen: Counter[str] = Counter()
 
+        def located(name: str) -> tuple[str, dict[str, object]]:
+            seen[name] += 1
+            meta: dict[str, object] = {"archive": str(self.path), "member": name}
+            if inside:
+                meta["inside"] = list(inside)
+            if seen[name] > 1:
+                meta["occurrence"] = seen[name]
+            return f"{prefix}{SEP}{member_segment(name, seen[name])}", meta
 
-def tar_reason(info: tarfile.TarInfo, limit: int) -> str | None:
-    if info.issym():
-        return "symlink member"
-    if info.islnk():
-        return "hard link member"
-    if not info.isreg():
-        return "device, fifo or other special member"
-    if info.issparse():
-        return "sparse member"
-    if unsafe := unsafe_name(info.name):
-        return unsafe
-    if info.size > limit:
-        return _too_large(info.size, limit)
-    return None
-
-
-def _walk(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    while (info := tf.next()) is not None:
-        tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header: a million add up
-        yield info
-
-
-def _read_at(path: Path, offset: int, size: int, limit: int) -> bytes:
-    if size > limit:
-        raise ArchiveMemberError(_too_large(size, limit))
-    with path.open("rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise ArchiveMemberError(f"archive truncated: {size} bytes expected at offset {offset}, got {len(data)}")
-    return data
-
-
-def iter_tar(path: Path, limit: int, compressed: bool) -> Iterator[SourceItem]:
-    # Plain tar: headers are walked with seeks and members read later by offset. Compressed:
-    # one pass over the stream, so each member's bytes are taken as the stream passes them.
-    try:
-        with tarfile.open(path, "r|*" if compressed else "r:") as tf:
-            for info in _walk(tf):
-                if info.isdir():
-                    continue
-                uri = f"{path}{SEP}{info.name}"
-                reason = tar_reason(info, limit)
-                meta: dict[str, object] = {"archive": str(path), "member": info.name}
-                if reason:
-                    read = partial(_refused, reason)
-                elif compressed:
-                    read = partial(_given, _capped(tf.extractfile(info), limit, info.name))
+        try:
+            level = opener()
+            for m in level.members(self.budget):
+                uri, meta = located(m.name)
+                kind = None if m.reason else _sniff(m)
+                if m.reason:
+                    yield SourceItem(uri, partial(refused, m.reason), m.size, m.fingerprint, meta, m.reason)
+                elif kind is None:
+                    yield SourceItem(uri, m.read, m.size, m.fingerprint, meta)
+                elif len(inside) >= MAX_DEPTH:
+                    reason = _too_deep()
+                    yield SourceItem(uri, partial(refused, reason), m.size, m.fingerprint, meta, reason)
                 else:
-                    read = partial(_read_at, path, info.offset_data, info.size, limit)
-                    meta["offset"] = info.offset_data
-                yield SourceItem(
-                    uri=uri,
-                    read=read,
-                    size=info.size,
-                    fingerprint=f"tar:{info.size}:{info.mtime}",
-                    meta=meta,
-                    skip_reason=reason,
-                )
-    except (tarfile.TarError, EOFError, OSError) as exc:  # a corrupt or truncated archive: its own error
-        message = f"archive unreadable from here on: {type(exc).__name__}: {exc}"
-        yield SourceItem(uri=f"{path}{SEP}", read=partial(_refused, message), meta={"archive": str(path)})
+                    nested = partial(_nested_level, m, kind, self.limits)
+                    yield from self.items(nested, uri, (*inside, m.name))
+        except Exception as exc:  # a corrupt level or a limit reached: one error, what came before is kept
+            uri, meta = located("")
+            del meta["member"]
+            yield SourceItem(uri=uri, read=partial(refused, _failure(exc)), meta=meta)
 
 
-_tar_index: OrderedDict[tuple[str, int, int], dict[str, tuple[int, int]]] = OrderedDict()
-_tar_lock = threading.Lock()
+def _nested_level(member: Member, kind: str, limits: Limits) -> Level:
+    return open_level(member.read(), kind, limits)
 
 
-def _index(path: Path) -> dict[str, tuple[int, int]]:
-    """member name -> (data offset, size) of a plain tar; a later member of the same name wins."""
+# -- reading by URI ------------------------------------------------------------------------------------
+
+_levels: OrderedDict[tuple[object, ...], tuple[Level, int]] = OrderedDict()
+_levels_lock = threading.Lock()
+
+
+def _file_key(path: Path, limits: Limits) -> tuple[tuple[object, ...], int]:
+    """The cache key of an archive file (a changed file is a new key), and its size."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    with _tar_lock:
-        if key not in _tar_index:
-            with tarfile.open(path, "r:") as tf:
-                _tar_index[key] = {i.name: (i.offset_data, i.size) for i in _walk(tf) if i.isreg()}
-            while len(_tar_index) > 2:
-                _tar_index.popitem(last=False)
-        _tar_index.move_to_end(key)
-        return _tar_index[key]
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size, limits), st.st_size
 
 
-def read_tar_member(path: Path, name: str, limit: int, compressed: bool) -> bytes:
-    if not compressed:
-        if name not in (index := _index(path)):
-            raise ArchiveMemberError(f"no regular member {name!r} in {path}")
-        return _read_at(path, *index[name], limit)
-    with tarfile.open(path, "r|*") as tf:  # sequential: see the module note
-        for info in _walk(tf):
-            if info.name == name:
-                if reason := tar_reason(info, limit):
-                    raise ArchiveMemberError(reason)
-                return _capped(tf.extractfile(info), limit, name)
-    raise ArchiveMemberError(f"no member {name!r} in {path}")
+def _cache_get(key: tuple[object, ...]) -> Level | None:
+    with _levels_lock:
+        if key not in _levels:
+            return None
+        _levels.move_to_end(key)
+        return _levels[key][0]
 
 
-# -- the source ----------------------------------------------------------------------------
+def _cached_level(key: tuple[object, ...], build: Callable[[], tuple[Level, int]]) -> Level:
+    """The process's open level for `key` (a file, or a file and a chain of members), built once."""
+    if (cached := _cache_get(key)) is not None:
+        return cached
+    level, size = build()  # outside the lock: reading a nested archive can take a while
+    with _levels_lock:
+        _levels[key] = (level, size)
+        while len(_levels) > 1 and (
+            len(_levels) > _CACHED_LEVELS or sum(s for _, s in _levels.values()) > _CACHED_NESTED_BYTES
+        ):
+            _levels.popitem(last=False)[1][0].close()
+    return level
+
+
+def _top_level(path: Path, limits: Limits, key: tuple[object, ...] | None = None) -> Level:
+    key = key or _file_key(path, limits)[0]
+    if (cached := _cache_get(key)) is not None:
+        return cached
+    kind = archive_kind(path)
+    if kind is None:
+        raise ArchiveMemberError(f"{path} is not a zip or tar archive")
+    return _cached_level(key, lambda: (open_level(path, kind, limits), 0))
+
+
+def _nested_open(data: bytes, kind: str, limits: Limits) -> tuple[Level, int]:
+    return open_level(data, kind, limits), len(data)
+
+
+def read_member(path: Path, rest: str, settings: Settings) -> bytes:
+    """The bytes of the member `rest` (``INNER#MEMBER``...) of the archive at `path`."""
+    chain = parse_members(rest)
+    limits = Limits(settings.max_image_bytes, settings.archive_max_members)
+    key, size = _file_key(path, limits)
+    budget = Budget(size, limits)
+    level = _top_level(path, limits, key)
+    for depth, (name, occurrence) in enumerate(chain):
+        last = depth == len(chain) - 1
+        if not last and (cached := _cache_get(key := (*key, name, occurrence))) is not None:
+            level = cached
+            continue
+        data = level.read(name, occurrence, budget)
+        kind = kind_of(data[:HEAD_BYTES], name)
+        if last:
+            if kind is not None:
+                raise ArchiveMemberError(
+                    _too_deep() if depth >= MAX_DEPTH else f"{name!r} is a {kind} archive: its members are the items"
+                )
+            return data
+        if kind is None:
+            raise ArchiveMemberError(f"{name!r} is not an archive: it has no member {chain[depth + 1][0]!r}")
+        if depth >= MAX_DEPTH:
+            raise ArchiveMemberError(_too_deep())
+        level = _cached_level(key, partial(_nested_open, data, kind, limits))
+    raise ArchiveMemberError("no member named")  # unreachable: parse_members gives one segment at least
+
+
+# -- the source ----------------------------------------------------------------------------------------
 
 
 class ArchiveSource:
@@ -282,29 +287,37 @@ class ArchiveSource:
             yield SourceItem(uri=target, read=partial(self.read, target, settings))
             return
         path = path.resolve()
-        limit = settings.max_image_bytes
-        yield from iter_zip(path, limit) if kind == "zip" else iter_tar(path, limit, kind != "tar")
+        listing = _Listing(path, settings)
+        yield from listing.items(partial(_top_level, path, listing.limits), str(path), ())
 
     def count(self, target: str, settings: Settings) -> int | None:
-        """Members (skipped ones included) for a progress total; None where that needs decompressing."""
+        """Members (skipped ones included) for a progress total; None where that needs decompressing,
+        or where a member looks like an archive (its members will be items too)."""
         path = Path(target)
         kind = archive_kind(path) if path.is_file() else None
-        if kind == "zip":
-            return sum(1 for i in _zip(path).infolist() if not i.is_dir())
-        if kind == "tar":
-            with tarfile.open(path, "r:") as tf:
-                return sum(1 for i in _walk(tf) if not i.isdir())
-        return None if kind else 1
+        if kind is None:
+            return 1
+        if kind == "tar-compressed":
+            return None
+        try:
+            level = _top_level(path.resolve(), Limits(settings.max_image_bytes, settings.archive_max_members))
+            names = list(level.names()) if isinstance(level, ZipLevel | PlainTarLevel) else None
+        except Exception:
+            return None  # the scan records why
+        if names is None or any(n.lower().endswith(ARCHIVE_SUFFIXES) for n in names):
+            return None
+        return len(names)
 
     def read(self, uri: str, settings: Settings) -> bytes:
         found = split_uri(uri)
         if found is None:
             raise ArchiveMemberError(f"{uri!r} is not ARCHIVE{SEP}MEMBER with an existing zip or tar archive")
-        path, name = found
-        kind = archive_kind(path)
-        if kind == "zip":
-            return read_zip_member(path, name, settings.max_image_bytes)
-        return read_tar_member(path, name, settings.max_image_bytes, kind != "tar")
+        try:
+            return read_member(*found, settings)
+        except ArchiveMemberError:
+            raise
+        except Exception as exc:  # a corrupt archive, whatever the library raised
+            raise ArchiveMemberError(_failure(exc)) from exc
 
 
 source = ArchiveSource()

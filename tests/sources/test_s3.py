@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from moderator import sources
+from moderator.errors import SourceError, SourceUnavailable
 from moderator.settings import Settings
 from moderator.sources.s3 import SourceItemMissing, SourceItemTooLarge, client, parse_uri, source
 
@@ -172,6 +174,117 @@ def test_retries_stop_at_max_attempts(s3: Any, bucket: str, settings: Settings) 
     put(s3, bucket, "t.png", b"bytes")
     once = settings.model_copy(update={"s3_max_attempts": 1})
     attempts = _slow_down_first(5, once)
-    with pytest.raises(ClientError, match="SlowDown"):
+    with pytest.raises(SourceUnavailable, match="SlowDown") as raised:
         source.read(f"s3://{bucket}/t.png", once)
+    assert isinstance(raised.value.__cause__, ClientError)  # retry logic still sees S3's answer
     assert len(attempts) == 1
+
+
+# --- failures: one line naming the target, the cause and the fix ---------------------------
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_with_the_fix(aws: str, settings: Settings) -> None:
+    with pytest.raises(SourceError) as raised:
+        list(source.iter_items("s3://no-such-bucket-anywhere/x", settings))
+    text = one_line(raised.value)
+    assert text.startswith("s3://no-such-bucket-anywhere/x: there is no bucket 'no-such-bucket-anywhere' at ")
+    assert aws in text and "check the bucket name" in text
+
+
+def test_missing_credentials_say_how_to_give_them(
+    aws: str, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role lookup
+    for attempt in (lambda: list(source.iter_items("s3://b/x/", settings)), lambda: source.read("s3://b/k", settings)):
+        with pytest.raises(SourceError) as raised:
+            attempt()
+        text = one_line(raised.value)
+        assert "no AWS credentials" in text and "AWS_ACCESS_KEY_ID" in text and "AWS_PROFILE" in text
+
+
+def test_an_unknown_profile_is_named(aws: str, monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(SourceError, match="no-such-profile") as raised:
+        list(source.iter_items("s3://b/x/", settings))
+    assert "AWS_PROFILE" in one_line(raised.value)
+
+
+def test_an_endpoint_that_is_down_may_pass_and_says_what_to_check(
+    aws: str, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", down)
+    once = settings.model_copy(update={"s3_max_attempts": 1})
+    for attempt, doing in (
+        (lambda: list(source.iter_items("s3://b/x/", once)), "listing"),
+        (lambda: source.read("s3://b/k.png", once), "reading"),
+    ):
+        with pytest.raises(SourceUnavailable) as raised:
+            attempt()
+        text = one_line(raised.value)
+        assert f"cannot reach the S3 endpoint {down} while {doing}" in text and "AWS_ENDPOINT_URL" in text
+        assert isinstance(raised.value, ConnectionError)  # retried by whoever retries connection failures
+
+
+def moto_checks_credentials_after(endpoint: str, requests_unchecked: str) -> None:
+    """moto's server checks credentials after this many more requests ("inf": never, its default)."""
+    import requests
+
+    headers = {"Content-Type": "text/plain"}
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=requests_unchecked.encode(), headers=headers, timeout=10)
+
+
+@pytest.fixture
+def denied_env(s3: Any, bucket: str, aws: str) -> Iterator[dict[str, str]]:
+    """Credentials of an IAM user with no permission; moto checks them from here on, until the test ends."""
+    import boto3
+
+    put(s3, bucket, "in/a.png", png())
+    moto_checks_credentials_after(aws, "2")  # the two IAM calls below pass unchecked
+    try:
+        iam = boto3.client("iam")
+        iam.create_user(UserName=f"nobody-{bucket}")
+        key = iam.create_access_key(UserName=f"nobody-{bucket}")["AccessKey"]
+        yield {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        moto_checks_credentials_after(aws, "inf")
+
+
+def test_access_denied_names_the_permission_needed(
+    bucket: str, denied_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    for name, value in denied_env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SourceError) as listing:
+        list(source.iter_items(f"s3://{bucket}/in/", settings))
+    text = one_line(listing.value)
+    assert text.startswith(f"s3://{bucket}/in/: access denied while listing it") and "s3:ListBucket" in text
+    with pytest.raises(SourceError) as reading:
+        source.read(f"s3://{bucket}/in/a.png", settings)
+    text = one_line(reading.value)
+    assert text.startswith(f"s3://{bucket}/in/a.png: access denied while reading it") and "s3:GetObject" in text
+    assert not isinstance(reading.value, SourceUnavailable)  # final: retrying cannot help
+
+
+def test_wrong_credentials_are_refused_in_one_line(
+    bucket: str, aws: str, monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAREALKEY00000")
+    moto_checks_credentials_after(aws, "0")
+    try:
+        with pytest.raises(SourceError) as raised:
+            list(source.iter_items(f"s3://{bucket}/", settings))
+    finally:
+        moto_checks_credentials_after(aws, "inf")
+    text = one_line(raised.value)
+    assert "the AWS credentials were refused (InvalidAccessKeyId)" in text and "AWS_SECRET_ACCESS_KEY" in text

@@ -6,11 +6,15 @@ Random weights: these tests check flow, identity, skipping and errors, never sco
 from __future__ import annotations
 
 import io
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from moderator.cli import app
 from moderator.pipeline import Pipeline
 from moderator.settings import SHIPPED_POLICIES, Settings
 from moderator.sources.s3 import source
@@ -89,3 +93,22 @@ def test_an_object_deleted_between_listing_and_fetch_is_recorded(
     gone = rows(pipeline)["gone.png"]
     assert gone.status is ItemStatus.ERROR
     assert gone.error is not None and "no longer exists" in gone.error
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["no-such-bucket", "endpoint-down"])
+def test_the_scan_command_ends_an_s3_failure_in_one_line(
+    aws: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, down: bool
+) -> None:
+    """Was a 77-line traceback: one line, what failed and the fix, exit code 2."""
+    if down:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
+        monkeypatch.setenv("MODERATOR_S3_MAX_ATTEMPTS", "1")
+    args = ["scan", "s3://nosuchbucket/x", "--policy", str(SHIPPED_POLICIES / "known_bad.yaml")]
+    result = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'store.db'}"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    expected = "cannot reach the S3 endpoint" if down else "there is no bucket 'nosuchbucket'"
+    assert line.startswith("error: s3://nosuchbucket/x: ") and expected in line and "AWS_ENDPOINT_URL" in line
