@@ -7,6 +7,10 @@ A list is plain text so it can be exchanged between teams, one hash per line:
 
 Blank lines and lines starting with ``#`` are ignored. ``moderator hashlist add``
 writes both lines for each image; the ``hashlist`` scorer reads them.
+
+Where lists live: a policy names its lists relative to its file (``lists/known_bad.txt``);
+the lists you add to live in your data directory (``MODERATOR_HASH_LISTS_DIR``), never in
+the installed package, and a policy's ``lists/NAME.txt`` reads ``NAME.txt`` from there too.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from moderator.settings import Settings
+from moderator.settings import SHIPPED_POLICIES, Settings
 
 PHASH_BITS = 64  # imagehash.phash with hash_size=8
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
@@ -85,6 +89,24 @@ def load_hash_list(path: Path, name: str | None = None) -> HashList:
     return HashList(name or str(path), parse_hash_list(text, str(path)))
 
 
+def policy_lists(names: Iterable[str], base: Path, settings: Settings) -> list[HashList]:
+    """The lists a hashlist policy names, relative to its folder `base`. A relative name also reads
+    the file of the same name in settings.hash_lists_dir (your additions to a shipped list), when it
+    exists; a name found in neither place is a HashListError."""
+    found: list[HashList] = []
+    for name in names:
+        beside = base / name
+        candidates = [beside]
+        if not Path(name).is_absolute():
+            yours = settings.hash_lists_dir / Path(name).name
+            if not beside.exists() or not yours.exists() or not beside.samefile(yours):
+                candidates.append(yours)
+        present = [p for p in candidates if p.exists()]
+        for path in present or [beside]:  # none there: the error names the policy's own path
+            found.append(load_hash_list(path, name if path == beside else str(path)))
+    return found
+
+
 def lists_digest(lists: Iterable[HashList], kind: HashKind) -> str:
     """Short digest of the entries of one kind: stored results say which list content matched."""
     values = sorted({e.value for hl in lists for e in hl.of_kind(kind)})
@@ -111,13 +133,21 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def resolve_list_path(name: str, settings: Settings) -> Path:
-    """A bare NAME is `<first policy folder>/lists/NAME.txt` (where shipped policies look);
-    anything with a folder or a suffix is a path."""
+    """Where `hashlist add --list NAME` writes. Anything with a folder or a suffix is a path. A bare
+    NAME is `<first policy folder>/lists/NAME.txt` for policies of your own (--policy,
+    MODERATOR_POLICIES), where they look; for the shipped policies it is
+    `<hash_lists_dir>/NAME.txt`, which they read too: nothing is written into the package."""
     if "/" in name or "\\" in name or Path(name).suffix:
         return Path(name)
     first = settings.policy_paths()[0]
     folder = first if first.is_dir() or not first.suffix else first.parent
+    if _inside(folder, SHIPPED_POLICIES):
+        return settings.hash_lists_dir / f"{name}.txt"
     return folder / "lists" / f"{name}.txt"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:

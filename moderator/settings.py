@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,12 +13,16 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+# Package data, so every install has them; the repository's policies/ folder is a link to it.
+SHIPPED_POLICIES = Path(str(files("moderator").joinpath("shipped_policies")))
+
+
+def user_data() -> Path:
+    return Path(user_data_dir("moderator", appauthor=False))
 
 
 def default_database_url() -> str:
-    data = Path(user_data_dir("moderator", appauthor=False))
-    return f"sqlite:///{data / 'moderator.db'}"
+    return f"sqlite:///{user_data() / 'moderator.db'}"
 
 
 class Device(StrEnum):
@@ -31,6 +36,12 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"  # dynamic int8 quantisation of linear layers (CPU)
+
+
+class Backend(StrEnum):
+    AUTO = "auto"  # onnx on CPU, torch on CUDA
+    TORCH = "torch"
+    ONNX = "onnx"  # ONNX Runtime, CPU only
 
 
 class Settings(BaseSettings):
@@ -52,13 +63,34 @@ class Settings(BaseSettings):
     )
     device: Device = Field(Device.AUTO, description="auto (CUDA when present), cpu or cuda.")
     precision: Precision = Field(Precision.AUTO, description="auto, fp32, fp16 or int8.")
+    backend: Backend = Field(
+        Backend.AUTO,
+        description=(
+            "CLIP inference engine: auto (ONNX Runtime on CPU, PyTorch on CUDA), torch, or onnx (CPU only); an"
+            " architecture that does not export to ONNX runs on PyTorch."
+        ),
+    )
+    onnx_cache_dir: Path | None = Field(
+        None,
+        description=("Folder of the exported ONNX graphs of CLIP models; unset: 'onnx' in the user cache dir."),
+    )
     batch_size: int = Field(16, ge=1, le=4096, description="Images per model batch.")
-    decode_workers: int = Field(0, ge=0, le=256, description="Threads decoding images; 0 picks from the CPU count.")
+    decode_workers: int = Field(
+        0, ge=0, le=256, description="Decode worker processes (and source-reading threads); 0 picks from the CPU count."
+    )
     policies: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [SHIPPED_POLICIES],
         description=(
             "Policy folders or files (the shipped policies/ by default); in the environment one path, several"
             " separated by ':' (os.pathsep), or a JSON list."
+        ),
+    )
+    hash_lists_dir: Path = Field(
+        default_factory=lambda: user_data() / "lists",
+        description=(
+            "Folder of your known-bad hash lists (the user data dir by default): `moderator hashlist add --list NAME`"
+            " writes NAME.txt here when the policies are the shipped ones, and a policy's list lists/NAME.txt is"
+            " read beside the policy file and from here."
         ),
     )
     max_image_pixels: int = Field(
@@ -71,17 +103,53 @@ class Settings(BaseSettings):
         ge=1,
         description=("Files larger than this are recorded as errors without being read."),
     )
+    archive_max_members: int = Field(
+        1_000_000,
+        ge=1,
+        description=(
+            "Members read from one archive, those of archives inside it included; past it the rest is one"
+            " recorded error."
+        ),
+    )
     max_frames: int = Field(
         4,
         ge=1,
         le=64,
         description=("Frames sampled from animated images; the worst score over them is kept."),
     )
+    decode_memory_mb: int = Field(
+        2048,
+        ge=64,
+        le=1 << 20,
+        description=(
+            "Memory (MB of address space, beyond what it starts with) each decode worker process may use; a file "
+            "that needs more is recorded as too_large."
+        ),
+    )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds one file may take to decode in a decode worker process before it is stopped and recorded as "
+            "decode_timeout."
+        ),
+    )
+    gpu_decode: bool = Field(
+        True,
+        description=(
+            "Decode JPEGs on the GPU (nvJPEG, in batches) when the CLIP model runs on CUDA; other formats and files"
+            " the GPU decoder refuses are decoded on the CPU, under the same limits."
+        ),
+    )
     onnx_threads: int = Field(
         0,
         ge=0,
         le=256,
-        description=("Intra-op threads of onnxruntime models (open_nsfw); 0 lets onnxruntime pick from the CPU count."),
+        description=(
+            "Intra-op threads of onnxruntime models (CLIP on the onnx backend, open_nsfw); 0 lets onnxruntime pick"
+            " from the CPU count."
+        ),
     )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -114,6 +182,30 @@ class Settings(BaseSettings):
         description=(
             "Shared secret of POST /hooks/s3 (header Authorization: Bearer <secret>); unset: the webhook refuses "
             "every request."
+        ),
+    )
+    s3_event_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Buckets or bucket/prefix entries (s3://bucket/prefix too) whose S3 events the webhook and the SQS"
+            " listener act on; other events are refused and counted. In the environment: comma-separated or a"
+            " JSON list. Empty: events of every bucket."
+        ),
+    )
+    api_scan_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Folders and s3://bucket/prefix roots that POST /api/scans may enqueue (admins only); a target outside"
+            " them is refused without saying whether it exists. In the environment: comma-separated or a JSON"
+            " list. Empty: the API enqueues nothing (use `moderator enqueue`)."
+        ),
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Addresses of reverse proxies whose X-Forwarded-For/-Proto `moderator serve` believes (uvicorn's"
+            " forwarded_allow_ips); comma-separated or a JSON list. Empty: forwarded headers are ignored and the"
+            " peer address counts for the login rate limit."
         ),
     )
     session_idle_minutes: int = Field(
@@ -197,6 +289,15 @@ class Settings(BaseSettings):
             "transient database, S3 or broker error."
         ),
     )
+    queue_repair_interval: int = Field(
+        60,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds between a worker's checks for batches the broker lost (e.g. Redis restarted without"
+            " persistence): a job's batch neither queued nor taken is sent again; 0 turns the check off."
+        ),
+    )
     worker_metrics_port: int = Field(
         9808,
         ge=0,
@@ -219,6 +320,16 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("s3_event_allow", "api_scan_roots", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     def policy_paths(self) -> list[Path]:

@@ -7,11 +7,17 @@ and scan it. Every builder is cheap (well under a second; the 20000x20000 PNG is
 
 Note: "warn-range-header.png" (10000x10000) lies between Pillow's bomb warning and its
 bomb error, so opening it emits a DecompressionBombWarning before decode refuses it.
+
+Below the catalogue: files that only worker limits can stop (a time bomb and a memory bomb
+that pass every header check), and hostile "decoders" that crash, spin or eat memory, for
+tests that hand them to a DecodePool (or put them where the pipeline's decode function is).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -181,6 +187,36 @@ def truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
 
 
+def jpeg_claiming(width: int, height: int, *, progressive: bool = False) -> bytes:
+    """A complete 64x64 JPEG whose frame header claims width x height (libjpeg pads the rest with gray)."""
+    data = bytearray(encode(noise(), "JPEG", quality=90, progressive=progressive))
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the frame header
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    data[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def cut_with_end_marker(data: bytes, keep: float = 0.6) -> bytes:
+    """Truncated, then given back its end-of-image marker, as a careless repair tool does."""
+    return truncated(data, keep) + b"\xff\xd9"
+
+
+def gif_time_bomb(side: int = 4000, frames: int = 300) -> bytes:
+    """side x side canvas, `frames` 1x1 frames: a few KB, within every limit, but reaching the last
+    frame decodes every one before it over the whole canvas (0.1-0.2 s each here): minutes of work."""
+    screen = struct.pack("<HHBBB", side, side, 0x80, 0, 0) + bytes(6)
+    frame = b"!\xf9\x04\x04\x00\x00\x00\x00," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + bytes([2, 2, 0x4C, 0x01, 0])
+    return b"GIF89a" + screen + frame * frames + b";"
+
+
+@cache
+def float_tiff_bomb(side: int = 4096) -> bytes:
+    """A ~100 KB deflated 32-bit float TIFF, within the pixel limit, whose decoding to RGB takes ~300 MB
+    at 4096x4096 (float pixels, then the float arrays that scale them into 0..255)."""
+    return encode(Image.fromarray(np.full((side, side), 0.5, np.float32)), "TIFF", compression="tiff_adobe_deflate")
+
+
 CATALOGUE: dict[str, Case] = {
     # refused, with a reason
     "empty.jpg": Case(lambda: b"", DecodeFailure.empty),
@@ -200,6 +236,12 @@ CATALOGUE: dict[str, Case] = {
     "bomb-20000x20000-1bit.png": Case(bomb_1bit_png, DecodeFailure.too_many_pixels),
     "bomb.gif": Case(bomb_gif, DecodeFailure.too_many_pixels),
     "huge-second-page.tif": Case(tiff_huge_second_page, DecodeFailure.too_many_pixels),
+    "9000x9000-header-64x64-data.jpg": Case(lambda: jpeg_claiming(9000, 9000), DecodeFailure.truncated),
+    "9000x9000-header-progressive.jpg": Case(
+        lambda: jpeg_claiming(9000, 9000, progressive=True), DecodeFailure.truncated
+    ),
+    "80x80-header-64x64-data.jpg": Case(lambda: jpeg_claiming(80, 80), DecodeFailure.truncated),
+    "cut-with-end-marker.jpg": Case(lambda: cut_with_end_marker(encode(noise(), "JPEG")), DecodeFailure.truncated),
     "postscript.eps": Case(
         lambda: (
             b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
@@ -236,5 +278,52 @@ CATALOGUE: dict[str, Case] = {
     "trailing-garbage.jpg": Case(lambda: encode(noise(), "JPEG") + bytes(range(256)) * 16, OK),
     "1x1.png": Case(lambda: encode(Image.new("RGB", (1, 1), GREEN), "PNG"), OK),
     "30000x2.png": Case(lambda: encode(Image.new("L", (30_000, 2), 200), "PNG"), OK),
+    # a few hundred bytes each; resized as open_clip does they would become 224 x 22,400,000 (21 GB)
+    "1x100000.png": Case(lambda: encode(Image.new("L", (1, 100_000), 90), "PNG"), OK),
+    "100000x1.png": Case(lambda: encode(Image.new("L", (100_000, 1), 90), "PNG"), OK),
+    "progressive.jpg": Case(lambda: encode(noise(), "JPEG", progressive=True), OK),
+    "restart-markers.jpg": Case(lambda: encode(noise(), "JPEG", restart_marker_blocks=2), OK),
     "1bit.png": Case(lambda: encode(Image.new("1", (9, 9), 1), "PNG"), OK),
 }
+
+
+# --- beyond any check: only a decode worker's limits stop these (tests/test_decode_pool.py) --------
+
+CRASH_MARK, SPIN_MARK, GREEDY_MARK = b"<crash-the-decoder>", b"<spin-the-decoder>", b"<eat-the-decoder-memory>"
+
+
+def marked_png(mark: bytes, colour: tuple[int, int, int] = GREEN) -> bytes:
+    """A valid PNG carrying `mark` in a text chunk: hostile_decoder misbehaves on it."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", mark.decode())
+    return encode(Image.new("RGB", (32, 24), colour), "PNG", pnginfo=info)
+
+
+def hostile_decoder(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a decode function taking the bytes first), misbehaving on marked files as a broken codec
+    would: a segfault, an endless loop, an allocation beyond any memory cap. For tests only: the
+    pool runs it only because a test hands it over."""
+    return _Hostile(fn)
+
+
+class _Hostile:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn  # pickled by reference: must be a module-level function
+
+    def __call__(self, data: bytes, *args: Any) -> Any:
+        act(data)
+        return self.fn(data, *args)
+
+
+def act(data: bytes) -> None:
+    if CRASH_MARK in data:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, as a memory-safety bug in a C decoder
+    if SPIN_MARK in data:
+        while True:
+            pass
+    if GREEDY_MARK in data:
+        bytearray(64 * 1024**3)  # 64 GB
+    if data == b"abort":
+        os.abort()

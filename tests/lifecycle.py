@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderator.models.text_cache import TextEmbeddingCache
 from moderator.engine.compile import CompiledPolicy, compile_policy
+from moderator.models.text_cache import TextEmbeddingCache
 from moderator.policy.load import load_policy
 from moderator.scorers import ScorerContext
 from moderator.scorers import zero_shot as zero_shot_module

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,67 @@ def test_cli_add_round_trip(tmp_path: Path) -> None:
 def test_cli_add_missing_path_fails(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["add", str(tmp_path / "nope"), "--list", str(tmp_path / "l.txt")])
     assert result.exit_code == 2
+
+
+# --- H4: lists a user adds live in their data directory, never in the installed package -----------
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_bare_list_name_for_the_shipped_policies_is_in_the_user_data_dir(tmp_path: Path) -> None:
+    from moderator.settings import SHIPPED_POLICIES
+
+    settings = Settings(hash_lists_dir=tmp_path / "mine")
+    assert settings.policies == [SHIPPED_POLICIES]
+    assert resolve_list_path("known_bad", settings) == tmp_path / "mine" / "known_bad.txt"
+    assert Settings().hash_lists_dir.is_relative_to(Path(os.environ["XDG_DATA_HOME"]))  # platformdirs' data dir
+
+
+def test_hashlist_add_leaves_the_shipped_policies_alone_and_the_shipped_policy_finds_the_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moderator.cli import app as moderator
+    from moderator.settings import SHIPPED_POLICIES
+
+    monkeypatch.setenv("MODERATOR_HASH_LISTS_DIR", str(tmp_path / "mine"))
+    shipped = _files_under(SHIPPED_POLICIES)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(_png(11))
+
+    added = CliRunner().invoke(moderator, ["hashlist", "add", str(bad), "--list", "known_bad"])
+    assert added.exit_code == 0, added.output
+    assert added.output.startswith(f"{tmp_path / 'mine' / 'known_bad.txt'}: 2 line(s) added")
+    assert _files_under(SHIPPED_POLICIES) == shipped  # nothing written into the package
+
+    scanned = CliRunner().invoke(
+        moderator,
+        ["scan", str(bad), "--policy", str(SHIPPED_POLICIES / "known_bad.yaml"), "--json"]
+        + ["--database-url", f"sqlite:///{tmp_path / 'store.db'}"],
+    )
+    assert scanned.exit_code == 0, scanned.output
+    summary = json.loads(scanned.output[scanned.output.index("{") :])
+    assert summary["decisions"] == {"block": 1}
+
+
+def test_a_policy_reads_its_own_list_and_the_users_list_of_the_same_name(tmp_path: Path) -> None:
+    from moderator.hashlists import policy_lists
+
+    (tmp_path / "pol" / "lists").mkdir(parents=True)
+    (tmp_path / "pol" / "lists" / "team.txt").write_text(f"sha256:{SHA}  # shipped\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "team.txt").write_text(f"sha256:{'cd' * 32}  # mine\n")
+    settings = Settings(hash_lists_dir=tmp_path / "mine")
+
+    lists = policy_lists(["lists/team.txt"], tmp_path / "pol", settings)
+    assert [(hl.name, [e.value for e in hl.entries]) for hl in lists] == [
+        ("lists/team.txt", [SHA]),
+        (str(tmp_path / "mine" / "team.txt"), ["cd" * 32]),
+    ]
+    (tmp_path / "pol" / "lists" / "team.txt").unlink()
+    assert [hl.name for hl in policy_lists(["lists/team.txt"], tmp_path / "pol", settings)] == [
+        str(tmp_path / "mine" / "team.txt")
+    ]
+    with pytest.raises(HashListError, match="cannot read hash list"):
+        policy_lists(["lists/other.txt"], tmp_path / "pol", settings)

@@ -112,3 +112,19 @@ def test_interrupted_scan_process_resumes(sig: signal.Signals, tmp_path: Path) -
         assert store.counts()["items"] == N
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_scan_starts_says_what_was_stored(tmp_path: Path) -> None:
+    folder = make_photos(tmp_path / "photos", 20)
+    db = tmp_path / "store.db"
+    proc = _scan_process(folder, db)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # "store: ..." comes before policies and the model load
+    assert line.startswith("store:"), line + proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "nothing was stored" in stderr or "what was scanned is stored" in stderr, stderr
+    assert '"interrupted": true' in stdout

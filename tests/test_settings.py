@@ -28,3 +28,16 @@ def test_bad_values_are_refused_with_the_field_named(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MODERATOR_BATCH_SIZE", "0")
     with pytest.raises(ValueError, match="batch_size"):
         Settings()
+
+
+def test_the_default_policies_are_package_data_not_the_checkout() -> None:
+    from importlib.resources import files
+
+    from moderator.policy.load import load_policies
+
+    package = Path(str(files("moderator"))).resolve()
+    assert Settings().policies == [SHIPPED_POLICIES]
+    assert SHIPPED_POLICIES.resolve().is_relative_to(package)
+    loaded = load_policies(Settings().policy_paths())
+    assert {p.spec.name for p in loaded} >= {"nsfw", "violence", "tags", "opennsfw", "known_bad", "known_bad_similar"}
+    assert all(p.path.resolve().is_relative_to(package) for p in loaded)

@@ -14,18 +14,19 @@ if TYPE_CHECKING:
     from moderator.settings import Settings
 
 
-def compile_loaded(loaded: LoadedPolicy, settings: Settings) -> CompiledPolicy:
-    from moderator.models.clip import get_clip_model
+def compile_loaded(loaded: LoadedPolicy, settings: Settings, *, refused: str | None = None) -> CompiledPolicy:
+    """`refused`: what to say before the scorer's reason when it rejects the policy (default: the located error)."""
     from moderator.engine.compile import compile_policy
+    from moderator.models import load_clip
     from moderator.policy.load import PolicyError
     from moderator.scorers import ScorerContext
     from moderator.types import PolicySkipped
 
-    ctx = ScorerContext(settings=settings, clip=partial(get_clip_model, settings))
+    ctx = ScorerContext(settings=settings, clip=partial(load_clip, settings))
     try:
         compiled = compile_policy(loaded, ctx)
     except PolicyError as exc:
-        fail(f"invalid policy: {exc}")
+        fail(f"{refused}: {exc.message}" if refused else f"invalid policy: {exc}")
     if isinstance(compiled, PolicySkipped):
         fail(f"policy {compiled.policy!r} cannot run here: {compiled.reason}")
     return compiled
@@ -42,7 +43,7 @@ def compile_file(path: Path, settings: Settings) -> CompiledPolicy:
 
 
 def warn_random_weights(settings: Settings) -> None:
-    from moderator.cli.common import console
+    from moderator.cli.common import warn
 
     if settings.pretrained.lower() == "none":
-        console.print("[yellow]warning:[/yellow] CLIP has random weights (pretrained=none): its scores mean nothing.")
+        warn("CLIP has random weights (pretrained=none): its scores mean nothing.")

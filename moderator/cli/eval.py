@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from moderator.cli.common import (
     DatabaseOpt,
@@ -22,7 +23,10 @@ from moderator.cli.common import (
 from moderator.cli.compiling import compile_loaded, warn_random_weights
 
 if TYPE_CHECKING:
+    from moderator.engine.compile import CompiledPolicy
     from moderator.engine.evaluate import EvalReport
+    from moderator.policy.load import LoadedPolicy
+    from moderator.settings import Settings
 
 
 def _fmt(value: float | None) -> str:
@@ -53,11 +57,13 @@ def eval_(
     """Evaluate a policy on labelled images: per-class precision, recall, F1, support; the confusion
     matrix; suggested thresholds for a target precision or recall; PR curves (PNG) and a JSON report.
 
-    Labels must be class names of the policy. Image embeddings are stored and reused by content.
+    Labels are class names of the policy, or outputs its scorer scores (open_nsfw: nsfw and sfw). CLIP
+    runs only for CLIP policies; their image embeddings are stored and reused by content.
     """
     from moderator.datasets import DatasetError, load_dataset
-    from moderator.engine.embed import embed_files
-    from moderator.engine.evaluate import evaluate_policy, plot_pr_curves, write_json
+    from moderator.engine.evaluate import evaluate_results, plot_pr_curves, write_json
+    from moderator.engine.prepare import items_from_files
+    from moderator.engine.verdict import PolicySet
     from moderator.policy.load import PolicyError, load_policy
     from moderator.policy.variants import load_variants
 
@@ -68,38 +74,37 @@ def eval_(
         variants = [("as written", base)] + (load_variants(compare_prompts, base) if compare_prompts else [])
     except (DatasetError, PolicyError) as exc:
         fail(str(exc))
-    unknown = sorted(set(data.labels) - set(base.spec.classes))
-    if unknown:
-        fail(f"dataset labels {unknown} are not classes of policy {base.spec.name!r} ({', '.join(base.spec.classes)})")
-    compiled = [(name, compile_loaded(p, settings)) for name, p in variants]
-    warn_random_weights(settings)
-    store = open_store(settings)
+    compiled = _compile_for_labels(variants, data.labels, settings)
+    policies = PolicySet([p for _, p in compiled])
+    if policies.needs.embeddings:
+        warn_random_weights(settings)
+    # image embeddings are stored and reused by content: a store is made when missing
+    store = open_store(settings, create=True, announce=True) if policies.needs.embeddings else None
     try:
-        files = embed_files(data.paths, settings, store=store)
+        files = policies.judge_all(items_from_files(data.paths), settings, store=store)
     except Exception as exc:  # the model cannot be loaded: one line
         fail(f"{type(exc).__name__}: {exc}")
-    bad = [f for f in files if f.embedding is None]
+    order = [*policies.byte_policies, *policies.later_policies]  # the order of each item's results
+    scored = [(f, label) for f, label in zip(files, data.labels, strict=True) if f.ok and len(f.results) == len(order)]
+    bad = [f for f in files if not (f.ok and len(f.results) == len(order))]
     for f in bad[:5]:
-        console.print(f"[yellow]skipped {f.path}: {f.error}[/yellow]", highlight=False)
+        console.print(f"skipped {f.item.uri}: {f.error or 'not scored'}", style="yellow")
     if bad:
-        console.print(f"[yellow]{len(bad)} of {len(files)} images could not be used[/yellow]")
-    labels = [label for f, label in zip(files, data.labels, strict=True) if f.embedding is not None]
-    embeddings = [f.embedding for f in files if f.embedding is not None]
-    if not embeddings:
+        console.print(f"{len(bad)} of {len(files)} images could not be used", style="yellow")
+    if not scored:
         fail("no usable image in the dataset")
+    labels = [label for _, label in scored]
     folder = out_dir or Path(f"eval-{base.spec.name}")
     reports: dict[str, EvalReport] = {}
     for i, (name, p) in enumerate(compiled):
-        try:
-            reports[name] = evaluate_policy(
-                p,
-                embeddings,
-                labels,
-                target_precision=target_precision,
-                target_recall=target_recall,  # type: ignore[arg-type]
-            )
-        except ValueError as exc:
-            fail(str(exc))
+        at = next(j for j, q in enumerate(order) if q is p)
+        reports[name] = evaluate_results(
+            p,
+            [f.results[at] for f, _ in scored],
+            labels,
+            target_precision=target_precision,
+            target_recall=target_recall,
+        )
         png = folder / ("pr_curves.png" if i == 0 else f"pr_curves_{_slug(name)}.png")
         plot_pr_curves(reports[name].curves, png, f"{base.spec.name} ({name}): {len(labels)} images")
     main = reports["as written"]
@@ -112,12 +117,29 @@ def eval_(
         "model_id": compiled[0][1].scorer.model_id,
         "dataset": str(dataset),
         "images": len(files),
-        "skipped": [{"path": str(f.path), "error": f.error} for f in bad],
+        "skipped": [{"path": f.item.uri, "error": f.error or "not scored"} for f in bad],
         "report": main.as_dict(),
         "variants": {name: r.as_dict() for name, r in reports.items() if name != "as written"},
     }
     report_path = write_json(payload, folder / "report.json")
     out.print(f"wrote {report_path} and PR curves in {folder}/", highlight=False)
+
+
+def _compile_for_labels(
+    variants: list[tuple[str, LoadedPolicy]], labels: list[str], settings: Settings
+) -> list[tuple[str, CompiledPolicy]]:
+    """Each variant compiled; dataset labels that are not classes of the policy are added as classes that
+    never fire when its scorer can score them (open_nsfw's `sfw` beside `nsfw`), else refused in one line."""
+    from moderator.engine.evaluate import with_label_classes
+
+    base = variants[0][1].spec
+    unknown = sorted(set(labels) - set(base.classes))
+    refused = f"dataset labels {unknown} are not classes of policy {base.name!r} ({', '.join(base.classes)})"
+    try:
+        extended = [(name, with_label_classes(p, unknown)) for name, p in variants]
+    except ValueError as exc:
+        fail(f"{refused}: {exc}")
+    return [(name, compile_loaded(p, settings, refused=refused if unknown else None)) for name, p in extended]
 
 
 def _slug(name: str) -> str:
@@ -172,5 +194,5 @@ def _print_comparison(reports: dict[str, EvalReport]) -> None:
     rows.append(("top-1 accuracy", [reports[n].accuracy for n in names]))
     for label, values in rows:
         best = max((v for v in values if v is not None), default=None)
-        table.add_row(label, *(f"[bold]{_fmt(v)}[/bold]" if v is not None and v == best else _fmt(v) for v in values))
+        table.add_row(label, *(Text(_fmt(v), style="bold") if v is not None and v == best else _fmt(v) for v in values))
     out.print(table)

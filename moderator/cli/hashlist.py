@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from moderator.cli.common import PolicyOpt, console, fail, make_settings, out
+from moderator.cli.common import fail, make_settings, out, warn
 
 app = typer.Typer(help="Known-bad hash lists (plain text: sha256:<hex> and phash:<hex> lines).", no_args_is_help=True)
 
@@ -25,14 +25,18 @@ def add(
         typer.Option(
             "--list",
             "-l",
-            help="A NAME (the list <first policy folder>/lists/NAME.txt, where the shipped known_bad policies "
-            "look: --list known_bad) or a path to a .txt file. Created if missing.",
+            help="A NAME or a path to a .txt file; created if missing. With the shipped policies, NAME is "
+            "MODERATOR_HASH_LISTS_DIR/NAME.txt in your data directory, which the shipped known_bad policies read "
+            "(--list known_bad); with --policy FOLDER it is FOLDER/lists/NAME.txt.",
         ),
     ],
     label: Annotated[
         str, typer.Option("--label", help="Comment written after each hash (default: the file name).")
     ] = "",
-    policy: PolicyOpt = None,
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option("--policy", "-p", help="Your policy folder: a bare --list NAME goes to FOLDER/lists/NAME.txt."),
+    ] = None,
 ) -> None:
     """Append the sha256 and phash lines of each image to a list; hashes already there are not repeated."""
     from moderator.hashlists import HashListError, add_images, iter_image_files, resolve_list_path
@@ -47,8 +51,8 @@ def add(
     except (HashListError, OSError) as exc:
         fail(str(exc))
     for err in report.errors:
-        console.print(f"[yellow]skipped[/yellow] {err}", highlight=False, soft_wrap=True)
+        warn(err, label="skipped")
     summary = f"{report.added} line(s) added, {report.present} already present, {len(report.errors)} skipped"
-    out.print(f"{target}: {summary}", soft_wrap=True)
+    out.print(f"{target}: {summary}")
     if report.errors and not report.added and not report.present:
         raise typer.Exit(1)

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moderator.cli.common import DatabaseOpt, console, fail, make_settings, open_store, out
+from moderator.cli.common import DatabaseOpt, console, error, fail, make_settings, open_store, out, warn
 from moderator.settings import Settings
 from moderator.store import JobInfo, JobState
 
@@ -28,6 +28,21 @@ def rate(job: JobInfo) -> float:
     return handled / seconds if seconds > 0 else 0.0
 
 
+def not_run_lines(job: JobInfo) -> list[str]:
+    """One line per cause ("nsfw, violence: <why>") for the policies a worker could not run in this job."""
+    by_reason: dict[str, list[str]] = {}
+    for policy, reason in sorted(job.policies_not_run.items()):
+        by_reason.setdefault(reason, []).append(policy)
+    return [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+
+
+def warn_not_run(jobs: list[JobInfo]) -> None:
+    """As `scan` says it: the policies that did not run, and why (a job reads done, yet they gave no verdict)."""
+    for job in jobs:
+        for line in not_run_lines(job):
+            warn(line if len(jobs) == 1 else f"job {job.id}: {line}", label="not run")
+
+
 def as_dict(job: JobInfo) -> dict[str, object]:
     return {
         "id": job.id,
@@ -39,6 +54,7 @@ def as_dict(job: JobInfo) -> dict[str, object]:
         "remaining": remaining(job),
         "rate": round(rate(job), 2),
         "message": job.message,
+        "policies_not_run": [{"policy": p, "reason": r} for p, r in sorted(job.policies_not_run.items())],
         "targets": job.targets,
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
@@ -73,7 +89,7 @@ def wait_for(settings: Settings, job_id: str, poll: float = 1.0) -> int:
     try:
         job = store.get_job(job_id)
         if job is None:
-            console.print(f"[red]error:[/red] no job {job_id}", highlight=False)
+            error(f"no job {job_id}")
             return 2
         columns = (
             TextColumn("{task.description}"),
@@ -93,6 +109,7 @@ def wait_for(settings: Settings, job_id: str, poll: float = 1.0) -> int:
                 job = store.get_job(job_id) or job
         line = f"job {job.id} {job.state.value}: {job.done} done, {job.errors} errors, {job.skipped} skipped"
         console.print(line + (f" ({job.message})" if job.message else ""), highlight=False)
+        warn_not_run([job])
         return 1 if job.state is JobState.FAILED else 0
     finally:
         store.close()
@@ -123,6 +140,7 @@ def jobs(
         out.print_json(json.dumps([as_dict(j) for j in listed]))
     elif listed:
         out.print(jobs_table(listed))
+        warn_not_run(listed)
     else:
         console.print("no jobs yet: queue one with `moderator enqueue PATH`")
     if job and listed[0].state is JobState.FAILED:

@@ -46,7 +46,7 @@ def listen(
         submit = queue_submit(settings)
     except QueueUnavailable as exc:
         fail(str(exc))
-    store = open_store(settings)
+    store = open_store(settings, create=True, announce=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
 

@@ -22,8 +22,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Policy files or f
 
     errors = validate_files(files)
     for err in errors:
-        console.print(f"[red]{err}[/red]", highlight=False)
-    checked = expand_paths(files)
+        console.print(str(err), style="red")
     if errors:
         raise typer.Exit(1)
-    out.print(f"{len(checked)} policy file(s) valid")
+    out.print(f"{len(expand_paths(files))} policy file(s) valid")

@@ -40,8 +40,8 @@ def diff(
     Reads stored embeddings only: no image is read and no image model runs (prompt
     embeddings come from the text cache). Nothing is written.
     """
-    from moderator.models import model_id_for
     from moderator.engine.diff import diff_policies
+    from moderator.models import model_id_for
 
     settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
     old_policy, new_policy = compile_file(old, settings), compile_file(new, settings)
@@ -58,9 +58,7 @@ def diff(
         f"(model {result.model_id})"
     )
     if result.missing:
-        console.print(
-            f"[yellow]{result.missing} scored items have no stored embedding of this model: left out[/yellow]"
-        )
+        console.print(f"{result.missing} scored items have no stored embedding of this model: left out", style="yellow")
     out.print(f"decisions that would change: {result.decisions_changed}", highlight=False)
     for move, n in sorted(result.decision_moves.items(), key=lambda kv: -kv[1]):
         out.print(f"  {move}: {n}", highlight=False)
@@ -107,47 +105,41 @@ def test(
 
     Nothing is stored. A class marked * fired; the evidence says which prompt matched best.
     """
-    from moderator.engine.embed import embed_files
-    from moderator.scorers import ScoringBatch
+    from moderator.engine.prepare import items_from_files
+    from moderator.engine.verdict import PolicySet
 
     settings = make_settings(model=model, pretrained=pretrained, device=device)
-    policy = compile_file(file, settings)
-    warn_random_weights(settings)
+    policies = PolicySet([compile_file(file, settings)])
+    if policies.needs.embeddings:
+        warn_random_weights(settings)
     try:
-        files = embed_files(images, settings, keep_images=True)
+        files = policies.judge_all(items_from_files(images), settings)
     except Exception as exc:  # model unavailable and the like: one line
         fail(f"{type(exc).__name__}: {exc}")
-    good = [f for f in files if f.error is None]
-    results = {}
-    if good:
-        batch = ScoringBatch(
-            sha256=[f.sha256 or "" for f in good],
-            data=[f.data or b"" for f in good],
-            frames=[f.frames or [] for f in good],
-            embeddings=[f.embedding for f in good],  # type: ignore[misc]
-        )
-        results = {f.path: r for f, r in zip(good, policy.evaluate(batch), strict=True)}
+    results = {f.item.uri: f.results[0] for f in files if f.ok and f.results}
+    errors = {f.item.uri: f.error or "not scored" for f in files if f.item.uri not in results}
     if as_json:
         payload = [
-            {"image": str(f.path), "error": f.error}
-            if f.error
+            {"image": f.item.uri, "error": errors[f.item.uri]}
+            if f.item.uri in errors
             else {
-                "image": str(f.path),
-                "action": results[f.path].action.value,
-                "scores": results[f.path].scores,
-                "fired": [fc.name for fc in results[f.path].fired],
+                "image": f.item.uri,
+                "action": results[f.item.uri].action.value,
+                "scores": results[f.item.uri].scores,
+                "fired": [fc.name for fc in results[f.item.uri].fired],
             }
             for f in files
         ]
         out.print_json(json.dumps(payload))
         return
     for f in files:
-        if f.error:
-            console.print(f"[red]{f.path}: {f.error}[/red]", highlight=False)
+        uri = f.item.uri
+        if uri in errors:
+            console.print(f"{uri}: {errors[uri]}", style="red")
             continue
-        r = results[f.path]
+        r = results[uri]
         fired = {fc.name: fc for fc in r.fired}
-        table = Table("class", "score", "fires at", "action", title=f"{f.path}: {r.action.value}", title_justify="left")
+        table = Table("class", "score", "fires at", "action", title=f"{uri}: {r.action.value}", title_justify="left")
         for name, score in sorted(r.scores.items(), key=lambda kv: -kv[1]):
             fc = fired.get(name)
             table.add_row(
@@ -159,6 +151,6 @@ def test(
         out.print(table)
         for fc in r.fired:
             if fc.evidence:
-                out.print(f"  {fc.name}: {fc.evidence}", highlight=False)
-    if not good:
+                out.print(f"  {fc.name}: {fc.evidence}", highlight=False, markup=False)
+    if not results:
         raise typer.Exit(1)

@@ -48,15 +48,15 @@ def train(
 
     Use it in a policy with `scorer: linear_probe` and `options: {probe: NAME.safetensors}`.
     """
-    from moderator.models.clip import model_id_for
     from moderator.engine.probes import train_probe
+    from moderator.models import model_id_for
     from moderator.scorers.linear_probe import save_probe
 
     if (data is None) == (from_reviews is None):
         fail("give exactly one of --data DATASET or --from-reviews POLICY")
     settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
     model_id = model_id_for(settings)
-    store = open_store(settings)
+    store = open_store(settings, create=data is not None, announce=data is not None)
     if data is not None:
         labelled, source = _from_dataset(data, settings, store), f"dataset {data}"
     else:
@@ -68,9 +68,7 @@ def train(
         fail(str(exc))
     untrained = [c for c, ok in zip(trained.card["classes"], trained.card["trained"], strict=True) if not ok]
     if untrained:
-        console.print(
-            f"[yellow]no positive and negative examples of {untrained}: those classes always score 0[/yellow]"
-        )
+        console.print(f"no positive and negative examples of {untrained}: those classes always score 0", style="yellow")
     weights, card = save_probe(out_path, trained.weight, trained.bias, trained.card)
     out.print(f"trained on {trained.card['n_train']} items, held out {trained.card['n_test']} ({model_id})")
     out.print_json(json.dumps(trained.card["metrics"]["held_out"]))
@@ -79,7 +77,7 @@ def train(
 
 def _from_dataset(path: Path, settings: Settings, store: Store) -> LabelledEmbeddings:
     from moderator.datasets import DatasetError, load_dataset
-    from moderator.engine.embed import embed_files
+    from moderator.engine.prepare import Needs, Preparer, items_from_files
     from moderator.engine.probes_data import from_dataset
 
     try:
@@ -87,18 +85,18 @@ def _from_dataset(path: Path, settings: Settings, store: Store) -> LabelledEmbed
     except DatasetError as exc:
         fail(str(exc))
     try:
-        files = embed_files(dataset.paths, settings, store=store)
+        files = Preparer(settings, Needs(embeddings=True), store=store).prepare_all(items_from_files(dataset.paths))
     except Exception as exc:  # the model cannot be loaded: one line
         fail(f"{type(exc).__name__}: {exc}")
     labelled, errors = from_dataset(dataset, files)
     for e in errors[:5]:
-        console.print(f"[yellow]skipped {e}[/yellow]", highlight=False)
+        console.print(f"skipped {e}", style="yellow")
     return labelled
 
 
 def _from_reviews(policy: Path, store: Store, model_id: str) -> LabelledEmbeddings:
-    from moderator.policy.load import PolicyError, load_policy
     from moderator.engine.probes_data import from_reviews
+    from moderator.policy.load import PolicyError, load_policy
 
     try:
         spec = load_policy(policy).spec
@@ -106,5 +104,5 @@ def _from_reviews(policy: Path, store: Store, model_id: str) -> LabelledEmbeddin
         fail(f"invalid policy: {exc}")
     labelled, missing = from_reviews(store, spec, model_id)
     if missing:
-        console.print(f"[yellow]{missing} reviewed items have no stored embedding of {model_id}: left out[/yellow]")
+        console.print(f"{missing} reviewed items have no stored embedding of {model_id}: left out", style="yellow")
     return labelled

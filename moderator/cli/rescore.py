@@ -37,9 +37,9 @@ def rescore(
     hash lists) cannot be re-scored this way: scan again for those.
     """
     from moderator.decide import second_opinion_rules
+    from moderator.engine.rescore import rescore as run
     from moderator.models import model_id_for
     from moderator.policy.load import PolicyError, load_policies
-    from moderator.engine.rescore import rescore as run
     from moderator.store.bulk import load_embedding_matrix
 
     settings = make_settings(
@@ -56,7 +56,7 @@ def rescore(
     # A policy another one needs for a second opinion goes first, so it is judged on new results.
     needed = {r.needs[0] for r in rules}
     compiled.sort(key=lambda p: p.name not in needed)
-    store = open_store(settings)
+    store = open_store(settings, announce=True)
     model_id = model_id_for(settings)
     matrix = load_embedding_matrix(store, model_id)  # loaded once for every policy
     failed = False
@@ -64,7 +64,7 @@ def rescore(
         try:
             summary = run(store, p, model_id, matrix=matrix, rules=rules)
         except ValueError as exc:
-            console.print(f"[red]{p.name}: {exc}[/red]", highlight=False)
+            console.print(f"{p.name}: {exc}", style="red")
             failed = True
             continue
         if as_json:
@@ -78,8 +78,9 @@ def rescore(
         )
         if summary.missing:
             console.print(
-                f"[yellow]{summary.missing} scored items have no stored embedding of {model_id}: not re-scored "
-                "(scan them, or give the --model/--pretrained they were scanned with)[/yellow]"
+                f"{summary.missing} scored items have no stored embedding of {model_id}: not re-scored "
+                "(scan them, or give the --model/--pretrained they were scanned with)",
+                style="yellow",
             )
     if failed:
         raise typer.Exit(1)

@@ -71,7 +71,7 @@ def decide(
 ) -> None:
     """Record a decision on one item: exactly one of --confirm, --dismiss or --label."""
     from moderator.review import decisions, queries
-    from moderator.store.review_tables import Verdict
+    from moderator.store.tables import Verdict
 
     chosen = [
         v for v, on in ((Verdict.CONFIRM, confirm), (Verdict.DISMISS, dismiss), (Verdict.RELABEL, bool(label))) if on

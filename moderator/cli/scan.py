@@ -7,7 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -34,9 +34,13 @@ from moderator.cli.common import (
     make_settings,
     open_store,
     out,
+    warn,
 )
 from moderator.settings import Settings
 from moderator.types import PolicySkipped
+
+if TYPE_CHECKING:
+    from moderator.pipeline import Pipeline
 
 
 def scan(
@@ -52,7 +56,8 @@ def scan(
         typer.Option(help="auto, fp32, fp16 (CUDA) or int8 (CPU, dynamic quantisation) (env MODERATOR_PRECISION)."),
     ] = None,
     decode_workers: Annotated[
-        int | None, typer.Option(help="Decoding threads; 0 picks from the CPU count (env MODERATOR_DECODE_WORKERS).")
+        int | None,
+        typer.Option(help="Decode worker processes; 0 picks from the CPU count (env MODERATOR_DECODE_WORKERS)."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-score items even when stored results are current.")
@@ -73,60 +78,42 @@ def scan(
     is stored (exit code 130). Bad files are recorded as errors and the scan goes on;
     the exit code is otherwise non-zero only when the scan itself cannot run.
     """
-    from moderator import sources
-    from moderator.pipeline import Pipeline
-    from moderator.policy.load import PolicyError, load_policies
-    from moderator.errors import ScorerUnavailable
-
-    settings = make_settings(
-        policies=policy,
-        database_url=database_url,
-        model=model,
-        pretrained=pretrained,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        decode_workers=decode_workers,
-    )
-    for p in paths:
-        try:
-            sources.resolve(p)
-        except ValueError as exc:
-            fail(str(exc))
-    try:
-        loaded = load_policies(settings.policy_paths())
-    except PolicyError as exc:
-        fail(f"invalid policy: {exc}")
-    if not loaded:
-        fail("no policy files found (give --policy FILE or set MODERATOR_POLICIES)")
-    store = open_store(settings)
-    try:
-        pipeline = Pipeline(settings, store, loaded)
-    except ScorerUnavailable as exc:
-        fail(str(exc))
-    for reason, names in not_run_by_reason(pipeline.not_run).items():
-        console.print(f"[yellow]not run: {', '.join(names)}:[/yellow] {reason}", highlight=False, soft_wrap=True)
-    if not pipeline.policies:
-        fail("none of the policies can run here (see above)")
-    if pipeline.random_weights:
-        console.print("[yellow]warning:[/yellow] CLIP has random weights (pretrained=none): its scores mean nothing.")
-
     show = not quiet and not as_json and console.is_terminal
-    stop = threading.Event()
-    with _progress_bar(show) as (bar, task), _stop_on_signals(stop):
-        if show:
-            _count_in_background(paths, settings, lambda n: bar.update(task, total=n))
+    stop, started = threading.Event(), threading.Event()
+    try:
+        with _stop_on_signals(stop, started):
+            settings = make_settings(
+                policies=policy,
+                database_url=database_url,
+                model=model,
+                pretrained=pretrained,
+                device=device,
+                batch_size=batch_size,
+                precision=precision,
+                decode_workers=decode_workers,
+            )
+            pipeline = _pipeline(paths, settings, quiet=quiet)
+            with _progress_bar(show) as (bar, task):
+                if show:
+                    _count_in_background(paths, settings, lambda n: bar.update(task, total=n))
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            elapsed = bar.tasks[0].elapsed or 1e-9
-            bar.update(task, rate=bar.tasks[0].completed / elapsed)
+                def advance(n: int) -> None:
+                    bar.advance(task, n)
+                    elapsed = bar.tasks[0].elapsed or 1e-9
+                    bar.update(task, rate=bar.tasks[0].completed / elapsed)
 
-        try:
-            summary = pipeline.scan_targets(paths, progress=advance, stop=stop)
-        except KeyboardInterrupt:  # the second Ctrl-C: stop now; stored batches stay stored
+                started.set()
+                summary = pipeline.scan_targets(paths, progress=advance, stop=stop, force=force)
+    except KeyboardInterrupt:
+        if started.is_set():  # the second Ctrl-C: stop now; stored batches stay stored
             console.print("aborted: what was stored stays stored; run the same command again to finish.")
-            raise typer.Exit(130) from None
+        else:  # before the first batch: policies and the model were loading
+            if as_json:
+                from moderator.pipeline import ScanSummary
+
+                out.print_json(json.dumps(ScanSummary(interrupted=True).as_dict()))
+            console.print("interrupted before the scan started: nothing was stored; run the same command again.")
+        raise typer.Exit(130) from None
     if as_json:
         out.print_json(json.dumps(summary.as_dict()))
     elif not quiet:
@@ -141,6 +128,38 @@ def scan(
     if summary.interrupted:
         console.print("interrupted: what was scanned is stored; run the same command again to finish.")
         raise typer.Exit(130)
+
+
+def _pipeline(paths: list[str], settings: Settings, *, quiet: bool) -> Pipeline:
+    """Sources, policies, store and model checked and loaded, with one-line errors."""
+    from moderator import sources
+    from moderator.errors import ScorerUnavailable
+    from moderator.pipeline import Pipeline
+    from moderator.policy.load import PolicyError, load_policies
+
+    for p in paths:
+        try:
+            sources.resolve(p)
+        except ValueError as exc:
+            fail(str(exc))
+    try:
+        loaded = load_policies(settings.policy_paths())
+    except PolicyError as exc:
+        fail(f"invalid policy: {exc}")
+    if not loaded:
+        fail("no policy files found (give --policy FILE or set MODERATOR_POLICIES)")
+    store = open_store(settings, create=True, announce=not quiet)
+    try:
+        pipeline = Pipeline(settings, store, loaded)
+    except ScorerUnavailable as exc:
+        fail(str(exc))
+    for reason, names in not_run_by_reason(pipeline.not_run).items():
+        warn(reason, label=f"not run: {', '.join(names)}")
+    if not pipeline.policies:
+        fail("none of the policies can run here (see above)")
+    if pipeline.random_weights:
+        warn("CLIP has random weights (pretrained=none): its scores mean nothing.")
+    return pipeline
 
 
 @contextmanager
@@ -162,11 +181,12 @@ def _progress_bar(show: bool) -> Iterator[tuple[Progress, TaskID]]:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) once: finish and store the batch in hand, then stop. Twice: stop now."""
+def _stop_on_signals(stop: threading.Event, started: threading.Event) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) once: finish and store the batch in hand, then stop. Twice, or before the
+    scan has started (nothing in hand): stop now."""
 
     def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
+        if stop.is_set() or not started.is_set():
             raise KeyboardInterrupt
         stop.set()
         console.print("stopping after the current batch (Ctrl-C again to abort)...")
@@ -183,14 +203,7 @@ def count_targets(paths: list[str], settings: Settings) -> int | None:
     """Items the scan will see, where every source can count cheaply (folders, zip, plain tar); else None."""
     from moderator import sources
 
-    total = 0
-    for path in paths:
-        counter = getattr(sources.resolve(path), "count", None)
-        n = counter(path, settings) if counter else None
-        if n is None:
-            return None
-        total += n
-    return total
+    return sources.count_targets(paths, settings)
 
 
 def _count_in_background(paths: list[str], settings: Settings, done: Callable[[int], None]) -> None:

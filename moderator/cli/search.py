@@ -26,9 +26,10 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Search stored items by text or by an example image (exact cosine similarity on their CLIP embeddings)."""
-    from moderator.models.clip import model_id_for
-    from moderator.errors import ScorerUnavailable
+    from moderator.engine.prepare import items_from_files
     from moderator.engine.search import SearchIndex, image_query, text_query
+    from moderator.errors import ScorerUnavailable
+    from moderator.models import model_id_for
 
     if (text is None) == (image is None):
         fail('give either a text query or --image FILE (e.g. moderator search "a red car")')
@@ -36,7 +37,11 @@ def search(
     store = open_store(settings)
     warn_random_weights(settings)
     try:
-        query = text_query(settings, text) if text is not None else image_query(settings, image, store)  # type: ignore[arg-type]
+        if text is not None:
+            query = text_query(settings, text)
+        else:
+            assert image is not None
+            query = image_query(settings, items_from_files([image])[0], store)
         hits = SearchIndex(store, model_id_for(settings)).search(query, k)
     except (ScorerUnavailable, ValueError) as exc:
         fail(str(exc))

@@ -19,9 +19,9 @@ def serve(
     """Serve the review UI and API (create a first admin with `moderator users add NAME --role admin`)."""
     import uvicorn
 
-    from moderator.review.app import create_app
+    from moderator.review.app import create_app, proxy_options
 
     settings = make_settings(database_url=database_url)
-    app = create_app(settings, open_store(settings))
-    # proxy_headers: X-Forwarded-Proto from a local TLS proxy makes cookies Secure.
-    uvicorn.run(app, host=host, port=port, proxy_headers=True)
+    app = create_app(settings, open_store(settings, create=True, announce=True))
+    # Forwarded headers only from MODERATOR_TRUSTED_PROXIES (else MODERATOR_SECURE_COOKIES behind TLS).
+    uvicorn.run(app, host=host, port=port, **proxy_options(settings))

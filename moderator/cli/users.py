@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy.orm import Session
+from typer.core import TyperGroup
 
 from moderator.cli.common import DatabaseOpt, fail, make_settings, open_store, out
-from moderator.store.review_tables import Role
+from moderator.store.tables import Role
 
 app = typer.Typer(
     help="Users of the review UI and API (reviewers decide; admins also manage users).", no_args_is_help=True
 )
 
 
-def _session(database_url: str | None) -> Session:
-    return Session(open_store(make_settings(database_url=database_url)).engine, expire_on_commit=False)
+def _session(database_url: str | None, *, create: bool = False) -> Session:
+    store = open_store(make_settings(database_url=database_url), create=create, announce=create)
+    return Session(store.engine, expire_on_commit=False)
 
 
 @app.command("add")
@@ -33,7 +35,7 @@ def add(
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    with _session(database_url) as db:
+    with _session(database_url, create=True) as db:
         try:
             users.add_user(db, name, role, password)
         except users.UserError as e:
@@ -77,7 +79,24 @@ def enable(name: str, database_url: DatabaseOpt = None) -> None:
     _set_disabled(name, False, database_url)
 
 
-@app.command("token")
+class _CreateByDefault(TyperGroup):
+    """`users token NAME` makes a token (as it always did); `users token list|revoke ...` manage them."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click Context
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+tokens = typer.Typer(
+    cls=_CreateByDefault,
+    help="Personal API tokens: `users token NAME` (or `create NAME`) makes one; `list [NAME]`, `revoke ID`.",
+    no_args_is_help=True,
+)
+app.add_typer(tokens, name="token")
+
+
+@tokens.command("create")
 def token(
     name: str,
     label: Annotated[str, typer.Option("--label", help="What the token is for.")] = "",
@@ -93,3 +112,36 @@ def token(
             fail(str(e))
         db.commit()
     typer.echo(value)
+
+
+@tokens.command("list")
+def token_list(
+    name: Annotated[str | None, typer.Argument(help="Whose tokens (everyone's when left out).")] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """API tokens, newest first: id, user, label, created, last used, state."""
+    from moderator.review import users
+
+    with _session(database_url) as db:
+        try:
+            rows = users.list_tokens(db, name)
+        except users.UserError as e:
+            fail(str(e))
+    for t, owner in rows:
+        used = f"{t.last_used:%Y-%m-%d %H:%M}" if t.last_used else "never"
+        state = "revoked" if t.revoked else "active"
+        typer.echo(f"{t.id}\t{owner}\t{t.label}\t{t.created_at:%Y-%m-%d %H:%M}\t{used}\t{state}")
+
+
+@tokens.command("revoke")
+def token_revoke(token_id: int, database_url: DatabaseOpt = None) -> None:
+    """Revoke API token TOKEN_ID (ids from `users token list`); it stops working at once, its user stays enabled."""
+    from moderator.review import users
+
+    with _session(database_url) as db:
+        try:
+            _, owner = users.revoke_token(db, token_id, None)
+        except users.UserError as e:
+            fail(str(e))
+        db.commit()
+    out.print(f"revoked token {token_id} of {owner}", highlight=False)

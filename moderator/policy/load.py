@@ -6,6 +6,7 @@ YAML rules (refused with a located error):
 - no aliases (``*name``, including ``<<: *name`` merges): they are the one way a
   small file expands into a huge document (alias bombs), and a policy does not
   need them; anchors alone are harmless and ignored;
+- at most MAX_NESTING levels of mappings and lists inside each other;
 - no duplicate keys (SafeLoader would silently keep the last one, e.g. a class
   defined twice).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from moderator.policy.schema import FieldError, PolicySpec
 
 MAX_POLICY_BYTES = 1024 * 1024
+MAX_NESTING = 32  # mappings and lists inside each other
 POLICY_SUFFIXES = (".yaml", ".yml")
 Loc = tuple[str | int, ...]
 
@@ -188,7 +191,10 @@ class _StrictLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
     """Safe-load one YAML document; return it with the line of every field path."""
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # the reader refuses control characters here, before any parsing
+    except yaml.YAMLError as e:
+        raise PolicyError(path, f"invalid YAML: {_one_line(e)}") from None
     try:
         node = loader.get_single_node()
         lines: dict[str, int] = {}
@@ -199,12 +205,16 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
         mark = e.problem_mark or e.context_mark
         raise PolicyError(path, _yaml_message(e), line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as e:
-        raise PolicyError(path, f"invalid YAML: {e}") from None
+        raise PolicyError(path, f"invalid YAML: {_one_line(e)}") from None
     except RecursionError:
         raise PolicyError(path, "nesting too deep for a policy file") from None
     finally:
         loader.dispose()
     return data, lines
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    return " ".join(str(e).split())
 
 
 def _yaml_message(e: yaml.MarkedYAMLError) -> str:
@@ -218,6 +228,10 @@ def _yaml_message(e: yaml.MarkedYAMLError) -> str:
 
 
 def _walk(node: yaml.Node, loc: Loc, lines: dict[str, int], path: Path) -> None:
+    if len(loc) > MAX_NESTING:  # deeper still, validation and hashing would fail on their own recursion limits
+        raise PolicyError(
+            path, f"nested more than {MAX_NESTING} levels deep; a policy is shallow", line=node.start_mark.line + 1
+        )
     lines.setdefault(field_path(loc), node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -255,11 +269,15 @@ def _line_for(lines: Mapping[str, int], loc: Loc) -> int | None:
     return None
 
 
+_PYDANTIC_LOC = re.compile(r"^(\[key\]|[a-z][a-z-]*\[.*\])$", re.DOTALL)
+
+
 def _located(path: Path, lines: Mapping[str, int], err: Any) -> PolicyError:
     loc: Loc = tuple(err["loc"])
     is_key = bool(loc) and loc[-1] == "[key]"
-    # Pydantic adds "[key]" for a bad dict key and "function-after[...]" for validators: not fields.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or "(" in p)))
+    # Pydantic adds "[key]" for a bad dict key and "function-after[...]" for validators: not fields
+    # (a key of the file's own, such as "(", is one).
+    loc = tuple(p for p in loc if not (isinstance(p, str) and _PYDANTIC_LOC.match(p)))
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, FieldError):
         loc = (*loc, *cause.loc)
@@ -267,7 +285,7 @@ def _located(path: Path, lines: Mapping[str, int], err: Any) -> PolicyError:
     elif err["type"] == "extra_forbidden":
         message = _unknown_key_message(loc)
     elif is_key:
-        message = f"{loc[-1]!r} is not allowed here: {_strip_prefix(err['msg'])}"
+        message = f"{loc[-1] if loc else '?'!r} is not allowed here: {_strip_prefix(err['msg'])}"
     else:
         message = _strip_prefix(err["msg"])
         if err["type"] == "missing":
@@ -280,7 +298,7 @@ def _strip_prefix(msg: str) -> str:
 
 
 def _unknown_key_message(loc: Loc) -> str:
-    key = str(loc[-1])
+    key = str(loc[-1]) if loc else "?"
     allowed = _allowed_keys(loc[:-1])
     message = f"unknown key {key!r}"
     close = difflib.get_close_matches(key, allowed, n=1)

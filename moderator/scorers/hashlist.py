@@ -4,7 +4,7 @@
     mode: multilabel
     scorer: hashlist
     options:
-      lists: [lists/known_bad.txt]   # relative to the policy file; format in moderator/hashlists.py
+      lists: [lists/known_bad.txt]   # relative to the policy file (and MODERATOR_HASH_LISTS_DIR); see hashlists.py
       match: exact                   # exact: sha256 lines, decided on the bytes before any decoding
                                      # perceptual: phash lines, on the first decoded frame
       max_distance: 8                # perceptual only: most differing bits (of 64) that still match
@@ -17,7 +17,9 @@ compiled scorer's input: exact policies are BYTES scorers, which the pipeline ru
 before decoding, so an exact match is never decoded nor embedded. Perceptual matches
 have false positives (flat, near-blank images collide), hence a separate policy with
 its own action. The scorer's model_id carries a digest of the list content, so
-stored results say which version of the list matched.
+stored results say which version of the list matched, and a list that changed makes
+them stale (re-scored by the next scan). The compiled scorer names the list files it
+read (`files`): a long-lived pipeline (a worker, the API) recompiles when they change.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from moderator.hashlists import (
     HashListError,
     hamming,
     lists_digest,
-    load_hash_list,
     phash_array,
     phash_hex,
+    policy_lists,
 )
 from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch, parse_options
 
@@ -62,8 +64,9 @@ def _evidence(hl: HashList, entry: HashEntry, distance: int | None = None) -> st
 class ExactHashScorer:
     input = ScorerInput.BYTES
 
-    def __init__(self, class_name: str, lists: list[HashList]) -> None:
+    def __init__(self, class_name: str, lists: list[HashList], files: tuple[Path, ...] = ()) -> None:
         self.class_names = [class_name]
+        self.files = files  # read at compile time: a long-lived pipeline recompiles when one changes
         self.model_id = f"hashlist:sha256:{lists_digest(lists, HashKind.SHA256)}"
         self._index = {e.value: (hl, e) for hl in reversed(lists) for e in reversed(hl.of_kind(HashKind.SHA256))}
 
@@ -76,8 +79,9 @@ class ExactHashScorer:
 class PerceptualHashScorer:
     input = ScorerInput.IMAGE
 
-    def __init__(self, class_name: str, lists: list[HashList], max_distance: int) -> None:
+    def __init__(self, class_name: str, lists: list[HashList], max_distance: int, files: tuple[Path, ...] = ()) -> None:
         self.class_names = [class_name]
+        self.files = files
         self.model_id = f"hashlist:phash<={max_distance}:{lists_digest(lists, HashKind.PHASH)}"
         self._entries = [(hl, e) for hl in lists for e in hl.of_kind(HashKind.PHASH)]
         self._hashes = phash_array(e.value for _, e in self._entries)
@@ -115,13 +119,20 @@ class HashListPlugin:
             raise ValueError(f"a hashlist policy has exactly one class (the one a match fires), got {n}")
         base = ctx.policy_file.parent if ctx.policy_file is not None else Path.cwd()
         try:
-            lists = [load_hash_list(base / name, name) for name in opts.lists]
+            lists = policy_lists(opts.lists, base, ctx.settings)
         except HashListError as e:
             raise ValueError(str(e)) from e
         (class_name,) = spec.classes
+        files = _list_files(opts.lists, base, ctx)
         if opts.match == "exact":
-            return ExactHashScorer(class_name, lists)
-        return PerceptualHashScorer(class_name, lists, opts.max_distance)
+            return ExactHashScorer(class_name, lists, files)
+        return PerceptualHashScorer(class_name, lists, opts.max_distance, files)
+
+
+def _list_files(names: list[str], base: Path, ctx: ScorerContext) -> tuple[Path, ...]:
+    """Every file policy_lists may read, present or not (a list created later changes the policy too)."""
+    mine = [ctx.settings.hash_lists_dir / Path(n).name for n in names if not Path(n).is_absolute()]
+    return tuple(dict.fromkeys([*(base / n for n in names), *mine]))
 
 
 scorer = HashListPlugin()

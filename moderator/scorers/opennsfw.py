@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch, parse_options
 from moderator.errors import ScorerUnavailable
+from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch, parse_options
 from moderator.settings import Device
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from moderator.cli import app
 from moderator.pipeline import Pipeline
 from moderator.settings import Settings
 from moderator.store import Store
+from tests.conftest import CLIP_POLICIES
 
 runner = CliRunner()
 
@@ -97,3 +98,24 @@ def test_parquet_needs_a_file_and_formats_are_checked(scanned: Settings) -> None
     ):
         result = runner.invoke(app, ["export", "--database-url", scanned.database_url, *args])
         assert result.exit_code == 2 and says in result.output
+
+
+def test_reading_a_store_that_does_not_exist_is_refused_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "store.db"
+    for command in (["export"], ["jobs"]):
+        result = runner.invoke(app, [*command, "--database-url", f"sqlite:///{missing}"])
+        assert result.exit_code == 2, (command, result.output)
+        assert f"no store at {missing}" in result.stderr and "moderator scan" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not missing.parent.exists()
+
+
+def test_a_scan_creates_the_store_and_says_where_then_export_reads_it(tmp_path: Path, photo_dir: Path) -> None:
+    db = tmp_path / "fresh" / "store.db"
+    settings = Settings(database_url=f"sqlite:///{db}")
+    args = ["--model", "test-tiny", "--pretrained", "none", "--device", "cpu", "--policy", str(CLIP_POLICIES[1])]
+    result = runner.invoke(app, ["scan", str(photo_dir), "--database-url", settings.database_url, *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"store: {db}" in result.stderr
+    assert json.loads(result.stdout)["scanned"] == 6
+    assert len(jsonl(settings)) == 6

@@ -163,3 +163,51 @@ def test_probe_for_another_model_is_refused_by_policy_test(tmp_path: Path, tiny_
         ],
     )
     assert r.exit_code == 2 and "trained on embeddings of test-tiny/none" in r.output
+
+
+# No CLIP weights here: a checkpoint path that does not exist (loading CLIP would fail in one line).
+NO_CLIP = ["--model", "ViT-B-32", "--pretrained", "/nonexistent/open_clip_model.safetensors", "--device", "cpu"]
+OPENNSFW = SHIPPED_POLICIES / "opennsfw.yaml"
+
+
+def benign_photos(folder: Path, names: tuple[str, ...] = ("astronaut", "coffee", "chelsea")) -> list[Path]:
+    import io
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder.mkdir(parents=True)
+    paths = []
+    for name in names:
+        buf = io.BytesIO()
+        Image.fromarray(getattr(skdata, name)()).convert("RGB").save(buf, "JPEG", quality=90)
+        (path := folder / f"{name}.jpg").write_bytes(buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def test_policy_test_with_open_nsfw_needs_no_clip_weights(tmp_path: Path) -> None:
+    (photo,) = benign_photos(tmp_path / "photos", ("coffee",))
+    r = runner.invoke(app, ["policy", "test", str(OPENNSFW), str(photo), "--json", *NO_CLIP])
+    assert r.exit_code == 0, r.output
+    (scored,) = json.loads(r.output)
+    assert scored["action"] == "allow" and scored["scores"]["nsfw"] < 0.4  # a benign photo
+
+
+def test_eval_with_open_nsfw_takes_nsfw_and_sfw_labels_and_needs_no_clip_weights(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    benign_photos(data / "sfw")
+    benign_photos(data / "nsfw", ("rocket",))  # mislabelled on purpose: both classes have support
+    db = tmp_path / "store.db"
+    out = tmp_path / "report"
+    args = ["eval", str(data), "--policy", str(OPENNSFW), "--out", str(out), "--database-url", f"sqlite:///{db}"]
+    r = runner.invoke(app, [*args, *NO_CLIP])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())["report"]
+    assert report["classes"] == ["nsfw", "sfw"] and report["items"] == 4
+    assert report["confusion"][1] == [0, 3]  # open_nsfw calls every benign photo sfw
+    assert not db.exists()  # nothing to store without CLIP embeddings
+    (data / "cat").mkdir()
+    (data / "cat" / "c.jpg").write_bytes((data / "sfw" / "coffee.jpg").read_bytes())
+    r = runner.invoke(app, [*args, *NO_CLIP])
+    assert r.exit_code == 2 and "not classes of policy" in r.output

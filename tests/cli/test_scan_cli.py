@@ -76,3 +76,34 @@ def test_progress_total_is_counted_where_cheap(tiny_settings: Settings, photo_di
         tf.add(photo_dir, arcname="photos")
     assert count_targets([str(photo_dir), str(zipped), str(plain)], tiny_settings) == 18
     assert count_targets([str(photo_dir), str(photo_tgz)], tiny_settings) is None  # would mean decompressing it all
+
+
+def test_force_rescores_every_item(tiny_settings: Settings, photo_dir: Path) -> None:
+    assert runner.invoke(app, [*scan_args(tiny_settings, photo_dir), "--json"]).exit_code == 0
+    forced = runner.invoke(app, [*scan_args(tiny_settings, photo_dir), "--json", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (json.loads(forced.stdout)["scanned"], json.loads(forced.stdout)["unchanged"]) == (6, 0)
+
+
+def test_ctrl_c_before_the_first_batch_says_nothing_was_stored(
+    tiny_settings: Settings, photo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import time
+
+    from moderator import pipeline
+
+    real_init = pipeline.Pipeline.__init__
+
+    def ctrl_c_while_loading(self: pipeline.Pipeline, *args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C while policies and the model load
+        time.sleep(0.5)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.Pipeline, "__init__", ctrl_c_while_loading)
+    result = runner.invoke(app, [*scan_args(tiny_settings, photo_dir), "--json"])
+    assert result.exit_code == 130
+    assert "nothing was stored" in result.stderr and "run the same command again" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["interrupted"] is True and summary["scanned"] == 0

@@ -16,11 +16,11 @@ import pytest
 
 from moderator import plugins
 from moderator.decide import item_decision
+from moderator.engine.compile import CompiledPolicy, compile_policy
+from moderator.errors import ScorerUnavailable
 from moderator.models.text_cache import TextEmbeddingCache
 from moderator.policy import LoadedPolicy, PolicyError, load_policies, load_policy
-from moderator.engine.compile import CompiledPolicy, compile_policy
 from moderator.scorers import GROUP, ClassScores, ScorerContext, ScorerInput, ScoringBatch, zero_shot
-from moderator.errors import ScorerUnavailable
 from moderator.settings import SHIPPED_POLICIES, Settings
 from moderator.types import Action, PolicySkipped
 

@@ -202,3 +202,77 @@ def test_scan_blocks_a_listed_file_without_decoding_it(tmp_path: Path) -> None:
 
     # decoding the listed file would have recorded a decode error: it was blocked on its bytes alone
     assert (summary.errors, dict(summary.decisions)) == (0, {"block": 1, "allow": 1})
+
+
+def _listed_scan(tmp_path: Path, policy_files: list[Path], entries: str = "") -> tuple[Settings, Path, Path]:
+    """(settings, images folder, list file): a folder of the given policies whose hash list holds `entries`."""
+    policies = tmp_path / "policies"
+    (policies / "lists").mkdir(parents=True)
+    for policy in policy_files:
+        (policies / policy.name).write_text(policy.read_text())
+    list_file = policies / "lists" / "known_bad.txt"
+    list_file.write_text(entries)
+    images = tmp_path / "images"
+    images.mkdir()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'store.db'}",
+        policies=[policies],
+        hash_lists_dir=tmp_path / "my-lists",
+        model="test-tiny",
+        pretrained="none",
+        device="cpu",
+    )
+    return settings, images, list_file
+
+
+def test_a_blocked_known_bad_file_is_unchanged_on_rescan_until_its_list_changes(tmp_path: Path) -> None:
+    import os
+
+    from moderator.pipeline import Pipeline
+    from moderator.settings import SHIPPED_POLICIES
+    from moderator.store import Store
+
+    garbage = b"listed bytes that no decoder accepts"
+    shipped = [SHIPPED_POLICIES / n for n in ("known_bad.yaml", "nsfw.yaml", "tags.yaml")]
+    settings, images, list_file = _listed_scan(tmp_path, shipped, f"sha256:{hashlib.sha256(garbage).hexdigest()}\n")
+    (images / "listed.jpg").write_bytes(garbage)
+    (images / "photo.jpg").write_bytes(_encode(_sample("coffee"), "JPEG"))
+    store = Store(settings.database_url)
+
+    first = Pipeline(settings, store).scan_targets([str(images)])
+    assert first.scanned == 2 and first.decisions["block"] == 1
+    # the CLIP policies never ran on the blocked file, and need not: nothing changed
+    again = Pipeline(settings, store).scan_targets([str(images)])
+    assert (again.scanned, again.unchanged) == (0, 2)
+    os.utime(images / "listed.jpg", ns=(7, 7))  # touched, same bytes
+    assert Pipeline(settings, store).scan_targets([str(images)]).unchanged == 2
+    # the list's content is part of its scorer's model id: a new entry makes every known_bad result stale
+    list_file.write_text(list_file.read_text() + "sha256:" + "1" * 64 + "\n")
+    changed = Pipeline(settings, store).scan_targets([str(images)])
+    assert (changed.scanned, changed.unchanged, changed.decisions["block"]) == (2, 0, 1)
+    assert Pipeline(settings, store).scan_targets([str(images)]).unchanged == 2
+    store.close()
+
+
+def test_a_long_lived_pipeline_matches_against_the_list_as_it_is_now(tmp_path: Path) -> None:
+    from moderator.pipeline import Pipeline
+    from moderator.settings import SHIPPED_POLICIES
+    from moderator.store import ExportFilters, Store
+
+    settings, images, list_file = _listed_scan(tmp_path, [SHIPPED_POLICIES / "known_bad_similar.yaml"])
+    original = tmp_path / "astronaut.png"
+    original.write_bytes(_encode(_sample("astronaut")))
+    (images / "copy.jpg").write_bytes(_encode(_sample("astronaut").resize((384, 384)), "JPEG", quality=70))
+    (images / "other.png").write_bytes(_encode(_sample("coffee")))
+    store = Store(settings.database_url)
+    pipeline = Pipeline(settings, store)  # kept across scans, as a worker or the API keeps it
+
+    first = pipeline.scan_targets([str(images)])
+    assert dict(first.decisions) == {"allow": 2}  # against an empty list
+    add_images(list_file, [original], settings)
+    again = pipeline.scan_targets([str(images)])
+    assert (again.scanned, dict(again.decisions)) == (2, {"review": 1, "allow": 1})
+    rows = {Path(r.uri).name: r for r in store.iter_export(ExportFilters())}
+    assert rows["copy.jpg"].decision == "review" and rows["other.png"].decision == "allow"
+    assert pipeline.scan_targets([str(images)]).unchanged == 2
+    store.close()

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from moderator.errors import ScorerUnavailable
 from moderator.policy.schema import PolicySpec
 from moderator.scorers import ScorerContext, ScorerInput, ScoringBatch, opennsfw
-from moderator.errors import ScorerUnavailable
 from moderator.scorers.opennsfw import providers_for, scorer
 from moderator.settings import Device, Settings
 
