@@ -61,8 +61,7 @@ def _start(sender: Any = None, **_: Any) -> None:
     settings = Settings()
     if not settings.queue_repair_interval or _thread is not None:
         return
-    from workers.celery_app import app
-
+    app = sender.app  # the consumer's own Celery app (importing workers.celery_app here would be a cycle)
     queues = queues_of(sender, settings.queue_name)
     _stop.clear()
     _thread = threading.Thread(target=run, args=(settings, app, queues, _stop), name="moderator-repair", daemon=True)
