@@ -1,4 +1,4 @@
-"""Hash list files: the exchange format, building lists from images, `moderator hashlist add`."""
+"""Hash list files: the line format, building lists from images, the index, `moderator hashlist add`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from typer.testing import CliRunner
 
 from moderator.cli.hashlist import app
 from moderator.hashlists import (
+    HammingIndex,
+    HashEntry,
     HashKind,
     HashListError,
     add_images,
+    codes,
+    format_entry,
     hamming,
+    hamming_codes,
     load_hash_list,
     parse_hash_list,
     phash_array,
@@ -27,6 +32,8 @@ from moderator.hashlists import (
 from moderator.settings import Settings
 
 SHA = "ab" * 32
+PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"  # threatexchange's example
+MD5 = "cab08b36195edb1a1231d2d09fa450e0"
 
 
 def _png(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
@@ -39,18 +46,38 @@ def _png(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
     return buf.getvalue()
 
 
-def test_parse_reads_both_kinds_labels_and_ignores_comments_and_blanks() -> None:
-    text = f"# header\n\nsha256:{SHA.upper()}  # leaked set, batch 3\n   phash:8f373714acfcf4d0\n"
+def test_parse_reads_every_kind_both_forms_provenance_and_ignores_comments_and_blanks() -> None:
+    text = (
+        f"# header\n\nsha256:{SHA.upper()}  # leaked set, batch 3\n   phash:8f373714acfcf4d0\n"
+        f'pdq {PDQ} source="Sample Data (x.csv:3)" tags="a1,b 2"\n'
+        f"md5\t{MD5} tags=csam  # case 4\n"
+    )
     entries = parse_hash_list(text, "bad.txt")
-    assert [(e.kind, e.value, e.label, e.line) for e in entries] == [
-        (HashKind.SHA256, SHA, "leaked set, batch 3", 3),
-        (HashKind.PHASH, "8f373714acfcf4d0", "", 4),
+    assert [(e.kind, e.value, e.label, e.line, e.source, e.tags) for e in entries] == [
+        (HashKind.SHA256, SHA, "leaked set, batch 3", 3, "", ()),
+        (HashKind.PHASH, "8f373714acfcf4d0", "", 4, "", ()),
+        (HashKind.PDQ, PDQ, "", 5, "Sample Data (x.csv:3)", ("a1", "b 2")),
+        (HashKind.MD5, MD5, "case 4", 6, "", ("csam",)),
     ]
+
+
+def test_a_written_line_reads_back_the_same_whatever_its_text() -> None:
+    entry = HashEntry(HashKind.PDQ, PDQ, 'odd # "label"\nsecond line', 0, 'ncmec: "Industry" #1', ("a b", "c,d"))
+    (back,) = parse_hash_list(format_entry(entry), "l.txt")
+    assert (back.kind, back.value, back.line) == (HashKind.PDQ, PDQ, 1)
+    assert back.label == 'odd # "label" second line'
+    assert (back.source, back.tags) == ("ncmec: 'Industry' #1", ("a b", "c;d"))
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
-    [("md5:abcd", "bad.txt:2: expected"), ("sha256:abcd", "bad.txt:2: a sha256 hash has 64 hex digits, got 4")],
+    [
+        ("tlsh:abcd", "bad.txt:2: unknown hash kind 'tlsh'"),
+        ("sha256:abcd", "bad.txt:2: a sha256 hash has 64 hex digits, got 4"),
+        ("md5 abcd", "bad.txt:2: a md5 hash has 32 hex digits, got 4"),
+        (f"pdq {PDQ} owner=me", "bad.txt:2: unknown column 'owner'"),
+        ("just words", "bad.txt:2: expected"),
+    ],
 )
 def test_malformed_line_names_file_and_line(line: str, expected: str) -> None:
     with pytest.raises(HashListError, match=expected):
@@ -61,6 +88,32 @@ def test_hamming_counts_differing_bits() -> None:
     a = phash_array(["0000000000000000", "ffffffffffffffff"])
     b = phash_array(["0000000000000007"])
     assert hamming(a, b).tolist() == [[3], [61]]
+    pdq = codes(["0" * 64, "f" * 64], HashKind.PDQ)
+    assert hamming_codes(pdq, codes(["0" * 63 + "7"], HashKind.PDQ)).tolist() == [[3], [253]]
+
+
+@pytest.mark.parametrize("scan_below", [0, 10**9])  # faiss's multi-index hashing, and the numpy scan
+def test_the_index_finds_exactly_what_a_brute_force_scan_finds(scan_below: int) -> None:
+    rng = np.random.default_rng(16)
+    listed = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    # queries near listed hashes (0..40 bits flipped, across the threshold) and random ones
+    near = listed[rng.integers(0, len(listed), 300)].copy()
+    bits = np.unpackbits(near, axis=1)
+    for row, flips in zip(bits, rng.integers(0, 41, len(bits)), strict=True):
+        row[rng.choice(256, flips, replace=False)] ^= 1
+    queries = np.vstack([np.packbits(bits, axis=1), rng.integers(0, 256, (100, 32), dtype=np.uint8)])
+    truth = hamming_codes(queries, listed)
+    for max_distance in (31, 8, 70):  # 70: past multi-index hashing, the flat faiss index
+        index = HammingIndex(listed, max_distance, scan_below=scan_below)
+        assert index.kind.startswith("faiss" if scan_below == 0 else "scan")
+        found = index.search(queries)
+        expected = [set(np.flatnonzero(row <= max_distance).tolist()) for row in truth]
+        assert [{h.index for h in hits} for hits in found] == expected
+        assert all(h.distance == truth[q, h.index] for q, hits in enumerate(found) for h in hits)
+        assert all([h.distance for h in hits] == sorted(h.distance for h in hits) for hits in found)
+        if max_distance == 31:
+            assert sum(map(len, found)) > 100  # the test is not vacuous
+    assert HammingIndex(listed[:0], 31).search(queries[:2]) == [[], []]
 
 
 def test_bare_list_name_lives_beside_the_policies(tmp_path: Path) -> None:
@@ -69,7 +122,7 @@ def test_bare_list_name_lives_beside_the_policies(tmp_path: Path) -> None:
     assert resolve_list_path("other/x.txt", settings) == Path("other/x.txt")
 
 
-def test_add_writes_sha256_and_phash_once_and_keeps_existing_lines(tmp_path: Path) -> None:
+def test_add_writes_sha256_and_pdq_once_and_keeps_existing_lines(tmp_path: Path) -> None:
     images = tmp_path / "imgs"
     images.mkdir()
     (images / "a.png").write_bytes(_png(1))
@@ -88,7 +141,20 @@ def test_add_writes_sha256_and_phash_once_and_keeps_existing_lines(tmp_path: Pat
     assert entries[0].value == SHA and entries[0].label == "kept"
     sha_a = hashlib.sha256(_png(1)).hexdigest()
     assert [e.value for e in entries if e.kind is HashKind.SHA256] == [SHA, sha_a, hashlib.sha256(_png(2)).hexdigest()]
+    assert [e.kind for e in entries[1:]] == [HashKind.SHA256, HashKind.PDQ] * 2
     assert [e.label for e in entries[1:]] == ["a.png", "a.png", "b.png", "b.png"]
+    assert target.read_text().splitlines()[2] == f"sha256 {sha_a}  # a.png"
+
+
+def test_add_other_kinds_and_leaves_out_a_pdq_too_flat_to_match(tmp_path: Path) -> None:
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (80, 80), (200, 200, 200)).save(flat)
+    kinds = (HashKind.MD5, HashKind.PDQ, HashKind.PHASH)
+    report = add_images(tmp_path / "l.txt", [flat], Settings(), kinds=kinds)
+    assert report.added == 2 and len(report.low_quality) == 1 and "PDQ quality 0 < 50" in report.low_quality[0]
+    entries = load_hash_list(tmp_path / "l.txt").entries
+    assert [e.kind for e in entries] == [HashKind.MD5, HashKind.PHASH]
+    assert entries[0].value == hashlib.md5(flat.read_bytes()).hexdigest()
 
 
 def test_add_reports_files_that_are_not_images(tmp_path: Path) -> None:
@@ -118,11 +184,15 @@ def test_cli_add_round_trip(tmp_path: Path) -> None:
         hashlib.sha256(_png(3)).hexdigest(),
         hashlib.sha256(_png(4)).hexdigest(),
     }
-    assert len([e for e in entries if e.kind is HashKind.PHASH]) == 2
+    assert len([e for e in entries if e.kind is HashKind.PDQ]) == 2
     assert {e.label for e in entries} == {"case 7"}
 
     again = runner.invoke(app, ["add", str(folder / "one.png"), "--list", str(listed)])
     assert again.exit_code == 0 and "0 line(s) added, 2 already present" in again.output
+    phash = runner.invoke(app, ["add", str(folder / "one.png"), "--list", str(listed), "--kind", "phash"])
+    assert phash.exit_code == 0 and "1 line(s) added" in phash.output
+    wrong = runner.invoke(app, ["add", str(folder / "one.png"), "--list", str(listed), "--kind", "tlsh"])
+    assert wrong.exit_code == 2 and "--kind is one of" in wrong.output
 
 
 def test_cli_add_missing_path_fails(tmp_path: Path) -> None:
