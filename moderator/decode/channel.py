@@ -229,7 +229,8 @@ def _encode(value: Any) -> tuple[dict[str, Any], list[bytes | memoryview]]:
                 frames.append(list(rgb.size))
                 buffers.append(rgb.tobytes())
         meta = {"format": value.format, "width": value.width, "height": value.height, "n_frames": value.n_frames}
-        return {"type": "frames", **meta, "seconds": value.seconds, "crops": crops, "frames": frames}, buffers
+        video = {"times": value.times, "duration": value.duration}
+        return {"type": "frames", **meta, **video, "seconds": value.seconds, "crops": crops, "frames": frames}, buffers
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -267,6 +268,12 @@ def _decode(header: dict[str, Any], rest: memoryview) -> Any:
     seconds = header.get("seconds")
     if not (isinstance(seconds, dict) and all(isinstance(v, int | float) for v in seconds.values())):
         raise ReplyError("malformed timings")
+    times, duration = header.get("times"), header.get("duration")
+    sampled = crops[0] if crops is not None else len(arrays) if frames is not None else None
+    if times is not None and not (_seconds(times) and (sampled is None or len(times) == sampled)):
+        raise ReplyError("malformed frame times")
+    if duration is not None and not _seconds([duration]):
+        raise ReplyError("malformed duration")
     fmt = header.get("format")
     if not (isinstance(fmt, str) and len(fmt) <= 16) or not _counts([header.get(k) for k in _SIZES], 3, low=0):
         raise ReplyError("malformed image facts")
@@ -278,6 +285,8 @@ def _decode(header: dict[str, Any], rest: memoryview) -> Any:
         crops=arrays.pop(0) if crops is not None else None,
         frames=[Image.fromarray(a) for a in arrays] if frames is not None else None,
         seconds={str(k): float(v) for k, v in seconds.items()},
+        times=[float(t) for t in times] if times is not None else None,
+        duration=float(duration) if duration is not None else None,
     )
 
 
@@ -297,6 +306,12 @@ def _counts(values: Any, n: int, low: int = 1) -> bool:
         isinstance(values, list)
         and len(values) == n
         and all(isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**31 for v in values)
+    )
+
+
+def _seconds(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e9 for v in values
     )
 
 

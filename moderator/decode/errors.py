@@ -17,6 +17,10 @@ class DecodeFailure(StrEnum):
     corrupt = "corrupt"
     decoder_crashed = "decoder_crashed"  # the decode worker process died on this file
     decode_timeout = "decode_timeout"  # the file took longer than decode_timeout_s
+    # Videos (moderator.decode.video).
+    no_video_stream = "no_video_stream"  # a video container without a video stream (zero streams, audio only)
+    video_too_long = "video_too_long"  # longer than video_max_seconds, by its header or its packets
+    too_many_frames = "too_many_frames"  # more frames than video_max_frames, by its header or its packets
 
 
 class DecodeError(Exception):

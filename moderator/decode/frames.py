@@ -8,7 +8,8 @@
 - `frame_for_scorers`: the frame kept for IMAGE scorers (open_nsfw squashes it to 256x256,
   pHash to 32x32): reduced by a whole factor while its shorter side stays >= `side`, and an
   extreme aspect ratio squeezed, so no kept frame is much larger than `side`^2.
-- `decode_frames`: bytes -> both of these, the one function decode workers run.
+- `decode_frames`: bytes -> both of these, the one function decode workers run, for images and
+  videos alike (moderator.decode.video: sampled frames, each cut here as an image's frames are).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from moderator.decode.image import decode_each
+from moderator.decode.image import DecodedImage, decode_each
+from moderator.decode.video import VideoLimits, decode_video_each, sniff
 
 MAX_ASPECT = 8  # a kept frame's longer side is at most this many times `side`
 # Resized images up to this many crops are made as open_clip makes them; beyond (aspect ratios
@@ -112,6 +114,7 @@ class FrameRequest:
     draft_size: int | None = None  # shorter side wanted from JPEG draft mode
     crop: CropSpec | None = None  # model input wanted: crops of every sampled frame
     keep_side: int | None = None  # frames wanted for IMAGE scorers, reduced to this shorter side
+    video: VideoLimits = field(default_factory=VideoLimits)  # how videos are sampled and bounded
 
 
 @dataclass
@@ -123,6 +126,8 @@ class DecodedFrames:
     crops: np.ndarray | None  # uint8 [sampled frames, height, width, 3] when a crop was asked for
     frames: list[Image.Image] | None  # reduced RGB frames when keep_side was given
     seconds: dict[str, float] = field(default_factory=dict)  # "decode", "preprocess": for the stage timer
+    times: list[float] | None = None  # videos: the timestamp (s) of each sampled frame
+    duration: float | None = None  # videos: seconds
 
 
 def decode_frames(data: bytes, request: FrameRequest) -> DecodedFrames:
@@ -141,9 +146,14 @@ def decode_frames(data: bytes, request: FrameRequest) -> DecodedFrames:
         return out
 
     start = time.perf_counter()
-    decoded = decode_each(
-        data, cut, max_pixels=request.max_pixels, max_frames=request.max_frames, draft_size=request.draft_size
-    )
+    demuxer = sniff(data)
+    decoded: DecodedImage[tuple[np.ndarray | None, Image.Image | None]]
+    if demuxer is not None:
+        decoded = decode_video_each(data, demuxer, cut, max_pixels=request.max_pixels, limits=request.video)
+    else:
+        decoded = decode_each(
+            data, cut, max_pixels=request.max_pixels, max_frames=request.max_frames, draft_size=request.draft_size
+        )
     seconds = {"decode": time.perf_counter() - start - cutting, "preprocess": cutting}
     crops = [c for c, _ in decoded.frames if c is not None]
     kept = [f for _, f in decoded.frames if f is not None]
@@ -155,4 +165,6 @@ def decode_frames(data: bytes, request: FrameRequest) -> DecodedFrames:
         crops=np.stack(crops) if crop is not None else None,
         frames=kept if side is not None else None,
         seconds=seconds,
+        times=decoded.times,
+        duration=decoded.duration,
     )

@@ -18,14 +18,20 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from moderator.decode import jpeg
 from moderator.decode.errors import DecodeError, DecodeFailure
 
-# Pillow's names for the formats that are opened; everything else is refused.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-_ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP, TIFF"
+# Pillow's names for the formats that are opened; everything else is refused. HEIF (HEIC phone photos)
+# is pillow-heif's plugin, AVIF Pillow's own; both give the size from the header, before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+_ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF"
+# Registered once, at import (before any decode thread or worker exists). No embedded thumbnail is ever
+# decoded instead of the picture, nor depth or auxiliary images; one thread per decode (the pool has a
+# worker per core). libheif applies the file's own rotation (irot/imir) and reports EXIF orientation 1.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
 T = TypeVar("T")
 MEMORY_MESSAGE = (
     "decoding this file needs more memory than a decoder may use (MODERATOR_DECODE_MEMORY_MB); "
@@ -56,6 +62,8 @@ class DecodedImage(Generic[T]):
     width: int  # full-resolution size, upright (before any draft reduction)
     height: int
     n_frames: int  # frames (or pages) in the file; `frames` holds a sample of them
+    times: list[float] | None = None  # videos: each sampled frame's timestamp (seconds from the start)
+    duration: float | None = None  # videos: seconds, as the stream's packets say
 
 
 def decode_image(
@@ -149,7 +157,7 @@ def _pixel_limit(max_pixels: int) -> int:
     return max_pixels if pillow is None else min(max_pixels, pillow)
 
 
-def _check_pixels(size: tuple[int, int], limit: int) -> None:
+def check_pixels(size: tuple[int, int], limit: int) -> None:
     w, h = size
     if w * h > limit:
         raise DecodeError(
@@ -163,7 +171,7 @@ def _check_pixels(size: tuple[int, int], limit: int) -> None:
 def _decode_opened(
     img: ImageFile.ImageFile, limit: int, max_frames: int, draft_size: int | None, each: Callable[[Image.Image], T]
 ) -> DecodedImage[T]:
-    _check_pixels(img.size, limit)  # header only: no pixel has been read yet
+    check_pixels(img.size, limit)  # header only: no pixel has been read yet
     width, height = img.size
     n_frames = int(getattr(img, "n_frames", 1))
     if draft_size and draft_size > 0 and img.format in ("JPEG", "MPO"):
@@ -176,7 +184,7 @@ def _decode_opened(
     for index in indices:
         if index:
             img.seek(index)
-            _check_pixels(img.size, limit)  # GIF frames may grow the canvas, TIFF pages differ
+            check_pixels(img.size, limit)  # GIF frames may grow the canvas, TIFF pages differ
         img.load()  # before getexif(), which may load (and swallow a load error) itself
         if index == 0:
             orientation = _orientation(img)
@@ -203,7 +211,7 @@ def _orientation(img: Image.Image) -> int:
 def _failure(e: BaseException, data: bytes) -> DecodeError:
     text = " ".join(str(e).split()) or type(e).__name__
     lowered = text.lower()
-    if isinstance(e, EOFError) or "truncated" in lowered or "requires a buffer" in lowered:
+    if isinstance(e, EOFError) or any(w in lowered for w in ("truncated", "requires a buffer", "end of file")):
         return DecodeError(DecodeFailure.truncated, f"the file is truncated (the data ends early): {text}")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data):
         # libwebp only says it "could not create decoder object"; the RIFF header tells why.

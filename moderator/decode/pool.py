@@ -72,6 +72,8 @@ class DecodePool:
         # Every Pillow plugin imported now, in the parent: a child that had to import one while
         # another parent thread held that module's import lock at fork time would hang.
         Image.init()
+        import av  # noqa: F401  PyAV (FFmpeg's libraries) too, for the same reason: videos decode in the workers
+
         self._owner = os.getpid()
         self._finalizer = weakref.finalize(self, _stop, self._idle, self._owner)
 

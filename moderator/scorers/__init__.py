@@ -52,9 +52,20 @@ class ScoringBatch:
     data: list[bytes] | None = None
     frames: list[list[Image.Image]] | None = None
     embeddings: list[np.ndarray] | None = None  # float32, L2-normalised, [frames, d]
+    # Videos: each item's sampled frames' timestamps (seconds), None for images; see at().
+    frame_times: list[list[float] | None] | None = None
     # Shared per-batch results by model key, so a model runs once per batch
     # however many policies use it: memo(key, fn) computes fn() once.
     _memo: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, item: int, frame: int) -> str:
+        """' at 12.4 s': where a video's frame `frame` (0-based) of item `item` is, for evidence texts; ''
+        for images (and where the times do not match the frames, e.g. an embedding stored with other settings)."""
+        times = self.frame_times[item] if self.frame_times is not None and item < len(self.frame_times) else None
+        counts = {len(kind[item]) for kind in (self.frames, self.embeddings) if kind is not None}
+        if not times or counts != {len(times)} or not 0 <= frame < len(times):
+            return ""
+        return f" at {times[frame]:g} s"
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self._memo:

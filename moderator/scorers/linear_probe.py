@@ -159,11 +159,11 @@ class CompiledProbe:
         per_frame[:, self.untrained] = 0.0
         ends = np.cumsum([len(e) for e in items]).tolist()
         rows, evidence = [], []
-        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        for i, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
             frame = per_frame[start:end].argmax(axis=0)
             rows.append(per_frame[start:end][frame, np.arange(n)])
             many = end - start > 1
-            evidence.append([f"{self.name} (frame {f})" if many else self.name for f in frame.tolist()])
+            evidence.append([f"{self.name} (frame {f}{batch.at(i, f)})" if many else self.name for f in frame.tolist()])
         return ClassScores(np.stack(rows), evidence)
 
 

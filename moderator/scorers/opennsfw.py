@@ -113,7 +113,10 @@ class OpenNsfwScorer:
         probs, worst = batch.memo(f"opennsfw:{self._jpeg}", run)
         scores = probs[:, self._columns]
         evidence = [
-            [f"open_nsfw nsfw={probs[i, 1]:.3f}" + (f" (frame {worst[i] + 1} of {len(item)})" if len(item) > 1 else "")]
+            [
+                f"open_nsfw nsfw={probs[i, 1]:.3f}"
+                + (f" (frame {worst[i] + 1} of {len(item)}{batch.at(i, worst[i])})" if len(item) > 1 else "")
+            ]
             * len(self.class_names)
             for i, item in enumerate(frames)
         ]

@@ -181,7 +181,7 @@ class CompiledZeroShot:
         evidence = [[texts[p] for p in row] for row in worst.prompt.tolist()]
         for i in np.flatnonzero(counts > 1).tolist():  # an animation: which frame
             where = zip(worst.prompt[i].tolist(), worst.frame[i].tolist(), strict=True)
-            evidence[i] = [f"{texts[p]} (frame {f})" for p, f in where]
+            evidence[i] = [f"{texts[p]} (frame {f}{batch.at(i, f)})" for p, f in where]
         return ClassScores(scores=worst.scores, evidence=evidence)
 
 
