@@ -187,7 +187,8 @@ def scan_once(target: Path, db: Path, precision: str = "fp32", **overrides: Any)
     from moderator.pipeline import Pipeline
     from moderator.store import Store
 
-    db.unlink(missing_ok=True)
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a leftover WAL would be replayed into the new store
     settings = scan_settings(db, precision, **overrides)
     store = Store(settings.database_url)
     marks: list[tuple[float, int]] = []
@@ -248,7 +249,8 @@ def scan_seconds(target: Path, db: Path, precision: str = "fp32", **overrides: A
     from moderator.pipeline import Pipeline
     from moderator.store import Store
 
-    db.unlink(missing_ok=True)
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a leftover WAL would be replayed into the new store
     settings = scan_settings(db, precision, **overrides)
     store = Store(settings.database_url)
     try:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -133,8 +133,13 @@ class Pipeline:
         progress: Progress | None = None,
         force: bool = False,
         stop: threading.Event | None = None,
+        external_ids: Mapping[str, str] | None = None,
+        on_stored: Callable[[list[PreparedItem]], None] | None = None,
     ) -> ScanSummary:
         """Score and store `items` batch by batch; `force` re-scores items whose stored results are current.
+
+        `external_ids` (uri -> the caller's id, POST /api/moderate) are stored with the items in the
+        same transaction; `on_stored` sees each stored batch (the items that were not unchanged).
 
         `stop` set (Ctrl-C) ends the scan after the batch in hand is stored (at once when it is
         set before the scan starts); the summary says `interrupted`.
@@ -153,7 +158,9 @@ class Pipeline:
         )
         try:
             for batch in batches:
-                self._store(batch, job_id, summary)
+                self._store(batch, job_id, summary, external_ids)
+                if on_stored:
+                    on_stored(batch)
                 if progress:
                     progress(len(batch) + unchanged.take())
                 if stop is not None and stop.is_set():
@@ -171,7 +178,13 @@ class Pipeline:
             self.clip = load_clip(self.settings)
         return self.clip
 
-    def _store(self, batch: list[PreparedItem], job_id: str | None, summary: ScanSummary) -> None:
+    def _store(
+        self,
+        batch: list[PreparedItem],
+        job_id: str | None,
+        summary: ScanSummary,
+        external_ids: Mapping[str, str] | None = None,
+    ) -> None:
         records = [
             ItemRecord(
                 uri=p.item.uri,
@@ -184,6 +197,8 @@ class Pipeline:
                 decision=p.decision if p.ok else None,
                 results=p.results,
                 job_id=job_id,
+                error_reason=None if p.ok else p.reason,
+                external_id=(external_ids or {}).get(p.item.uri),
             )
             for p in batch
         ]

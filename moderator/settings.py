@@ -312,6 +312,158 @@ class Settings(BaseSettings):
         ),
     )
 
+    # issue 14: synchronous verdicts, POST /api/moderate
+    moderate_api: bool = Field(
+        True,
+        description=(
+            "Serve POST /api/moderate: `moderator serve` loads the policies and models when it starts; false: the"
+            " route answers 503 and nothing is loaded."
+        ),
+    )
+    moderate_batch_window_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Milliseconds POST /api/moderate waits after a request for others to join its model batch (concurrent"
+            " requests are scored in one model call)."
+        ),
+    )
+    moderate_max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most requests of POST /api/moderate scored in one batch; unset: batch_size.",
+    )
+    moderate_max_pending: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description=(
+            "Requests POST /api/moderate holds at once (waiting or being scored); more answer 503 with Retry-After"
+            " instead of queueing without bound."
+        ),
+    )
+    moderate_max_bytes: int = Field(
+        33_554_432,
+        ge=1,
+        description=(
+            "Largest image (bytes) POST /api/moderate accepts, checked while the body streams in, before anything"
+            " is decoded; larger answers 413."
+        ),
+    )
+    moderate_workers: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "Threads of POST /api/moderate scoring batches, each with its own compiled policies (the model is"
+            " shared and its calls take turns): with 2, one batch is read and decoded while another is in the model."
+        ),
+    )
+    moderate_uri_roots: list[str] = Field(
+        default_factory=list,
+        description=(
+            "s3://bucket/prefix roots (or folders) whose objects POST /api/moderate may read when the body names a"
+            " uri; others are refused. Comma-separated or a JSON list. Empty: uri bodies are refused."
+        ),
+    )
+
+    # issue 14: S3 actions on decisions (moderator/actions/s3.py)
+    s3_actions: Path | None = Field(
+        None,
+        description=(
+            "YAML or JSON file of rules for acting on s3:// items when their decision is made or changes: tag the"
+            " object and/or move it to a quarantine bucket (docs/s3.md, 'Acting on decisions'); unset: S3 objects"
+            " are never written to."
+        ),
+    )
+
+    # issue 14 (B): decision webhooks and `moderator deliver`
+    webhook_allow_private: bool = Field(
+        False,
+        description=(
+            "Allow webhook endpoint URLs on private, loopback and link-local addresses (refused by default: an"
+            " endpoint URL could otherwise reach internal services)."
+        ),
+    )
+    webhook_retry_for_s: float = Field(
+        86_400.0,
+        gt=0,
+        description=(
+            "Seconds a failing webhook delivery is retried (exponential backoff with jitter) before it is marked"
+            " failed and left for `moderator webhooks replay`."
+        ),
+    )
+    webhook_backoff_s: float = Field(
+        5.0, gt=0, description="Delay before the first retry of a failed delivery; it doubles with each attempt."
+    )
+    webhook_backoff_max_s: float = Field(3_600.0, gt=0, description="Longest delay between two delivery attempts.")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of one webhook request (connect and read), in seconds."
+    )
+    webhook_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "Deliveries in flight per endpoint and deliverer; a slow or dead endpoint takes at most this many of"
+            " the deliverer's threads, so the others are not delayed."
+        ),
+    )
+    deliver_poll_s: float = Field(
+        1.0, gt=0, description="Seconds `moderator deliver` waits between looks at the outbox when idle."
+    )
+
+    # issue 16 (E): video (PyAV) sampling and limits
+    video_frames: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description=(
+            "Frames sampled evenly over a video's duration, besides its first frame; the worst one decides and"
+            " its timestamp is the evidence."
+        ),
+    )
+    video_max_seconds: float = Field(
+        3_600.0,
+        gt=0,
+        description=(
+            "Longer videos (by their header, or by their packets whatever the header says) are recorded as"
+            " video_too_long without being decoded."
+        ),
+    )
+    video_max_frames: int = Field(
+        250_000,
+        ge=1,
+        description=(
+            "Videos with more frames (by their header or by their packets) are recorded as too_many_frames without"
+            " being decoded."
+        ),
+    )
+
+    # issue 16 (D): hash lists (PDQ quality cut-off, NCMEC fetching through threatexchange)
+    hashlist_pdq_min_quality: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description=(
+            "PDQ quality (0-100) below which a frame's PDQ is too unreliable to match on (flat, near-blank images):"
+            " recorded as pdq_low_quality, never matched; `hashlist add` leaves such PDQs out. 50 is threatexchange's."
+        ),
+    )
+    hashlist_ncmec_environment: str = Field(
+        "Industry",
+        description=(
+            "NCMEC hash-sharing database `moderator hashlist fetch --exchange ncmec` reads (a threatexchange"
+            " NCMECEnvironment name: Industry, Industry_Exploitative, LawEnforcement, NGO, Exploitative)."
+        ),
+    )
+    hashlist_ncmec_esp_ids: list[int] = Field(
+        default_factory=list,
+        description="Only NCMEC entries from these members (ESP ids, a JSON list); empty: every member's.",
+    )
+
     @field_validator("policies", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
@@ -322,7 +474,7 @@ class Settings(BaseSettings):
             return [part for part in text.split(os.pathsep) if part]
         return value
 
-    @field_validator("s3_event_allow", "api_scan_roots", "trusted_proxies", mode="before")
+    @field_validator("s3_event_allow", "api_scan_roots", "trusted_proxies", "moderate_uri_roots", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

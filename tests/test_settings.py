@@ -41,3 +41,15 @@ def test_the_default_policies_are_package_data_not_the_checkout() -> None:
     loaded = load_policies(Settings().policy_paths())
     assert {p.spec.name for p in loaded} >= {"nsfw", "violence", "tags", "opennsfw", "known_bad", "known_bad_similar"}
     assert all(p.path.resolve().is_relative_to(package) for p in loaded)
+
+
+# issue 16 (D): hash-list settings
+def test_hashlist_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODERATOR_HASHLIST_PDQ_MIN_QUALITY", "70")
+    monkeypatch.setenv("MODERATOR_HASHLIST_NCMEC_ENVIRONMENT", "NGO")
+    monkeypatch.setenv("MODERATOR_HASHLIST_NCMEC_ESP_IDS", "[12, 34]")
+    s = Settings()
+    assert (s.hashlist_pdq_min_quality, s.hashlist_ncmec_environment, s.hashlist_ncmec_esp_ids) == (70, "NGO", [12, 34])
+    monkeypatch.setenv("MODERATOR_HASHLIST_PDQ_MIN_QUALITY", "101")
+    with pytest.raises(ValueError, match="hashlist_pdq_min_quality"):
+        Settings()

@@ -162,6 +162,7 @@ def _record_item_error(ledger: JobBatches, batch: NewBatch, message: str, reason
         fingerprint=item.fingerprint,
         status=ItemStatus.ERROR,
         error=message,
+        error_reason=reason,
         meta=dict(item.meta),
         job_id=batch.job_id,
     )

@@ -40,7 +40,7 @@ COMMANDS: dict[str, Entry] = {
     ),
     "policy": Entry("moderator.cli.policy:app", "Work with policy files."),
     "hashlist": Entry(
-        "moderator.cli.hashlist:app", "Known-bad hash lists (plain text: sha256:<hex> and phash:<hex> lines)."
+        "moderator.cli.hashlist:app", "Known-bad hash lists (PDQ, MD5, SHA-256): add, import, export, fetch."
     ),
     # Policy lifecycle: re-score stored embeddings, evaluate, train probes, search
     "rescore": Entry(
@@ -70,6 +70,18 @@ COMMANDS: dict[str, Entry] = {
     "listen": Entry(
         "moderator.cli.listen:listen",
         "Long-poll SQS for S3 events: new objects are enqueued for scanning, removed ones marked deleted.",
+    ),
+    "deliver": Entry(
+        "moderator.cli.deliver:deliver",
+        "Deliver decision events (webhooks, S3 actions) from the outbox until stopped; run any number of replicas.",
+    ),
+    "webhooks": Entry(
+        "moderator.cli.webhooks:app",
+        "Decision webhooks: endpoints that receive signed item.decided and review.decided events.",
+    ),
+    "actions": Entry(
+        "moderator.cli.s3_actions:app",
+        "S3 actions on decisions: tag or quarantine s3:// objects (rules: MODERATOR_S3_ACTIONS).",
     ),
     # People
     "serve": Entry(

@@ -126,6 +126,14 @@ def parquet_schema(classes: dict[str, list[str]]) -> Any:
         pa.field("flags", pa.list_(pa.string())),
         pa.field("updated_at", pa.timestamp("us", tz="UTC")),
         pa.field("meta", pa.string()),
+        # issue 14: what fired (JSON) and the human verdict (the latest review) beside the pipeline's decision
+        pa.field("fired", pa.string()),
+        pa.field("current_decision", pa.string()),
+        pa.field("review_verdict", pa.string()),
+        pa.field("review_decision", pa.string()),
+        pa.field("reviewer", pa.string()),
+        pa.field("reviewed_at", pa.timestamp("us", tz="UTC")),
+        pa.field("review_labels", pa.list_(pa.string())),
     ]
     for policy, names in classes.items():
         fields += [pa.field(f"{what}.{policy}", pa.string()) for what in ("version", "action", "model")]
@@ -145,6 +153,13 @@ def parquet_record(row: Any, classes: dict[str, list[str]]) -> dict[str, Any]:
         "flags": list(row.flags),
         "updated_at": row.updated_at,
         "meta": json.dumps(row.meta, sort_keys=True, default=str),
+        "fired": json.dumps(row.fired, sort_keys=True, default=str),
+        "current_decision": row.current_decision,
+        "review_verdict": row.review_verdict,
+        "review_decision": row.review_decision,
+        "reviewer": row.reviewer,
+        "reviewed_at": row.reviewed_at,
+        "review_labels": list(row.review_labels),
     }
     for policy, names in classes.items():
         record[f"version.{policy}"] = row.policy_versions.get(policy)

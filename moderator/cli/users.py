@@ -24,7 +24,12 @@ def _session(database_url: str | None, *, create: bool = False) -> Session:
 @app.command("add")
 def add(
     name: str,
-    role: Annotated[Role, typer.Option("--role", help="reviewer or admin.")] = Role.REVIEWER,
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role", help="reviewer, admin, or client (a platform: POST /api/moderate and its own items only)."
+        ),
+    ] = Role.REVIEWER,
     password: Annotated[
         str | None, typer.Option("--password", help="The password (asked for when left out; at least 8 characters).")
     ] = None,

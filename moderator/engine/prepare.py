@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moderator.decode import CropSpec, DecodedFrames, DecodeError, DecodePool, FrameRequest, decode_frames, shared_pool
+from moderator.decode.video import VideoLimits, sniff
 from moderator.models import load_clip, model_id_for
 from moderator.stages import StageTimer, chunked, prefetch, same, timed
 from moderator.types import Action, ItemStatus, PolicyResult, SourceItem
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from moderator.store import Store
 
 IMAGE_DRAFT = 256  # shortest side decoded for image scorers (open_nsfw and phash work at <= 256)
-META_KEYS = ("format", "width", "height", "frames")
+META_KEYS = ("format", "width", "height", "frames", "duration", "frame_times")
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,13 @@ class DecodeSpec:
     draft_size: int
     keep_frames: bool  # image scorers read the frames (reduced to IMAGE_DRAFT on the shorter side)
     crop: CropSpec | None = None  # the model's input geometry (ClipModel.crop); None: no model input
+    video: VideoLimits = field(default_factory=VideoLimits)
 
     def request(self) -> FrameRequest:
         keep = IMAGE_DRAFT if self.keep_frames else None
-        return FrameRequest(self.max_pixels, self.max_frames, self.draft_size, crop=self.crop, keep_side=keep)
+        return FrameRequest(
+            self.max_pixels, self.max_frames, self.draft_size, crop=self.crop, keep_side=keep, video=self.video
+        )
 
 
 @dataclass
@@ -148,7 +152,14 @@ def to_outcome(result: DecodedFrames | DecodeError) -> DecodeOutcome:
     """What decode_frames gave (or the DecodeError raised, or standing for a crashed or stopped worker)."""
     if isinstance(result, DecodeError):
         return DecodeOutcome(reason=str(result.reason), error=str(result))
-    meta = {"format": result.format, "width": result.width, "height": result.height, "frames": result.n_frames}
+    meta: dict[str, Any] = {
+        "format": result.format,
+        "width": result.width,
+        "height": result.height,
+        "frames": result.n_frames,
+    }
+    if result.times is not None:  # a video: where each sampled frame is (the evidence names the worst one's)
+        meta.update(duration=result.duration, frame_times=result.times)
     pixels = None
     if result.crops is not None:
         import torch
@@ -300,7 +311,12 @@ class Preparer:
                 p.embedding = stored[p.sha256].astype("float32")
 
     def _decode(self, items: list[PreparedItem], pool: DecodePool) -> None:
-        todo = [p for p in items if p.ok and not p.settled and (self.needs.images or p.embedding is None)]
+        # A video with a stored embedding is still decoded (without model input): its frames' timestamps.
+        todo = [
+            p
+            for p in items
+            if p.ok and not p.settled and (self.needs.images or p.embedding is None or sniff(p.data or b""))
+        ]
         first: dict[str | None, PreparedItem] = {}
         twins = [(p, first.setdefault(p.sha256, p)) for p in todo]  # identical bytes: decoded and embedded once
         originals = list(first.values())
@@ -365,6 +381,9 @@ class Preparer:
             draft_size=draft,
             keep_frames=self.needs.images,
             crop=clip.crop if clip else None,
+            video=VideoLimits(
+                self.settings.video_frames, self.settings.video_max_seconds, self.settings.video_max_frames
+            ),
         )
 
     def embed(self, items: Sequence[PreparedItem]) -> None:

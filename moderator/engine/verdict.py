@@ -88,6 +88,7 @@ class PolicySet:
                 sha256=[p.sha256 or "" for p in ready],
                 frames=[p.frames or [] for p in ready] if self.needs.images else None,
                 embeddings=[p.embedding for p in ready] if self.needs.embeddings else None,  # type: ignore[misc]
+                frame_times=[p.item.meta.get("frame_times") for p in ready],
             )
             with (timer or StageTimer()).time("score"):
                 for policy in self.later_policies:

@@ -6,6 +6,8 @@ needs a login. Security headers are set on every response by a plain ASGI middle
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +24,7 @@ from moderator.review import (
     routes_api,
     routes_auth,
     routes_meta,
+    routes_moderate,
     routes_pages,
     routes_tokens,
     search_routes,
@@ -130,8 +133,29 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
 
 
-def create_app(settings: Settings, store: Any = None) -> FastAPI:
-    """The review app on `settings.database_url` (or on an open `store`)."""
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """What runs beside the server: the moderation service (policies and models loaded now, not on a request)."""
+    if app.state.settings.moderate_api:
+        routes_moderate.start_service(app)
+    delivering = None
+    if app.state.deliver:  # issue 14 (B): `moderator serve` delivers decision events unless --no-deliver
+        from moderator.actions.deliver import start_in_thread
+
+        delivering = start_in_thread(app.state.store, app.state.settings)
+    try:
+        yield
+    finally:
+        if delivering is not None:
+            thread, stop = delivering
+            stop.set()
+            thread.join(timeout=app.state.settings.webhook_timeout_s + 5)
+        await routes_moderate.stop_service(app)
+
+
+def create_app(settings: Settings, store: Any = None, *, deliver: bool = False) -> FastAPI:
+    """The review app on `settings.database_url` (or on an open `store`); `deliver`: run the
+    decision-event deliverer (actions/deliver.py) on a thread while the app runs."""
     from moderator.store import Store
 
     store = store or Store(settings.database_url)
@@ -142,15 +166,17 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,  # served by routes_meta behind a login
         responses=ERROR_RESPONSES,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.deliver = deliver
     app.state.engine = store.engine
     app.state.metrics = routes_meta.Metrics()
     app.add_exception_handler(auth.NotAuthenticated, _not_authenticated)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api, search_routes):
+    for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api, search_routes, routes_moderate):
         app.include_router(module.router)
     app.include_router(routes_tokens.pages)
     app.include_router(routes_tokens.api)

@@ -48,6 +48,11 @@ class Principal:
         return self.user.role == Role.ADMIN
 
     @property
+    def is_client(self) -> bool:
+        """A platform's account: POST /api/moderate and the items it sent, nothing else."""
+        return self.user.role == Role.CLIENT
+
+    @property
     def csrf_token(self) -> str:
         return self.session.csrf_token if self.session else ""
 
@@ -167,13 +172,18 @@ def _principal(request: Request, db: Db) -> Principal:
     return principal
 
 
-async def check_csrf(request: Request, principal: Principal) -> None:
-    """Synchronizer token on every state-changing request of a cookie session."""
+async def check_csrf(request: Request, principal: Principal, *, read_form: bool = True) -> None:
+    """Synchronizer token on every state-changing request of a cookie session (in the header, or a form
+    field unless `read_form` is False: a body that is not for reading as a form, e.g. an upload)."""
     if principal.via != "session" or request.method not in UNSAFE_METHODS:
         return
     sent = request.headers.get(CSRF_HEADER)
-    if sent is None and request.headers.get("content-type", "").startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
+    if (
+        sent is None
+        and read_form
+        and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        )
     ):
         value = (await request.form()).get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
@@ -181,8 +191,16 @@ async def check_csrf(request: Request, principal: Principal) -> None:
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
 
 
-async def current_user(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def current_caller(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    """Any signed-in role, `client` included: only for what a client may do (its own items and tokens)."""
     await check_csrf(request, principal)
+    return principal
+
+
+async def current_user(principal: Annotated[Principal, Depends(current_caller)]) -> Principal:
+    """A reviewer or an admin: every route but the few a `client` may use (deny by default)."""
+    if principal.is_client:
+        raise HTTPException(403, "a client account may only call POST /api/moderate and read the items it sent")
     return principal
 
 
@@ -192,5 +210,7 @@ async def current_admin(principal: Annotated[Principal, Depends(current_user)]) 
     return principal
 
 
+SignedIn = Annotated[Principal, Depends(_principal)]  # no CSRF check yet: the route does its own
+CurrentCaller = Annotated[Principal, Depends(current_caller)]
 CurrentUser = Annotated[Principal, Depends(current_user)]
 CurrentAdmin = Annotated[Principal, Depends(current_admin)]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from moderator.review import queries
+from moderator.store import outbox
 from moderator.store.tables import Item, Review, ReviewLabel, Verdict
 from moderator.types import Action
 
@@ -104,6 +105,8 @@ def decide(db: Session, item: Item, d: DecisionIn, reviewer: str, via: str) -> R
     db.flush()
     for policy, name, positive in training_labels(d, flagged):
         db.add(ReviewLabel(review_id=review.id, sha256=item.sha256, policy=policy, label=name, positive=positive))
+    # Same transaction: review.decided, and item.decided when the current decision changed.
+    outbox.record_review(db, item.id, review)
     return review
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ColumnElement, Float, Select, and_, case, cast, exists, func, select, true
 from sqlalchemy.orm import Session
 
-from moderator.store.tables import Item, Result, Review
+from moderator.store.tables import Item, ItemSubmission, Result, Review
 from moderator.types import Action
 
 FLAGGED = (Action.REVIEW.value, Action.BLOCK.value)
@@ -180,13 +180,29 @@ def flagged_labels(results: list[Result]) -> list[str]:
     return [f"{p}/{c}" for p, c in flagged(results)]
 
 
-def find_items(db: Session, uri: str | None = None, sha256: str | None = None) -> list[Item]:
+def find_items(
+    db: Session, uri: str | None = None, sha256: str | None = None, submitted_by: int | None = None
+) -> list[Item]:
+    """Items by uri or sha256; with `submitted_by` (a user id) only those that user sent to /api/moderate."""
     query = select(Item).order_by(Item.id).limit(100)
+    if submitted_by is not None:
+        sent = select(ItemSubmission.id).where(
+            ItemSubmission.item_id == Item.id, ItemSubmission.user_id == submitted_by
+        )
+        query = query.where(exists(sent))
     if uri is not None:
         query = query.where(Item.uri == uri)
     if sha256 is not None:
         query = query.where(Item.sha256 == sha256.lower())
     return list(db.scalars(query))
+
+
+def submitted_id(db: Session, item_id: int, user_id: int) -> str | None | bool:
+    """The external_id `user_id` sent item `item_id` with (None: sent without one); False: never sent it."""
+    row = db.execute(
+        select(ItemSubmission.external_id).where(ItemSubmission.item_id == item_id, ItemSubmission.user_id == user_id)
+    ).first()
+    return False if row is None else row[0]
 
 
 def resolve_item(db: Session, ref: str) -> Item | None:

@@ -56,12 +56,12 @@ def change_user(
     principal: CurrentAdmin,
     db: Db,
 ) -> RedirectResponse:
-    if name == principal.user.name and action in ("disable", "reviewer"):
+    if name == principal.user.name and action in ("disable", Role.REVIEWER, Role.CLIENT):
         raise HTTPException(422, "admins cannot disable or demote themselves")
     try:
         if action in ("disable", "enable"):
             users.set_disabled(db, name, action == "disable")
-        elif action in (Role.REVIEWER, Role.ADMIN):
+        elif action in (Role.REVIEWER, Role.ADMIN, Role.CLIENT):
             users.set_role(db, name, Role(action))
         else:
             raise HTTPException(404, "unknown action")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from moderator.review import decisions, queries
-from moderator.review.auth import CurrentUser, Db, Principal, settings_of
+from moderator.review.auth import CurrentCaller, CurrentUser, Db, Principal, settings_of
 from moderator.review.params import DbId, ItemId, JobId
 from moderator.review.routes_pages import Filters
 from moderator.review.scan_roots import target_allowed
@@ -62,7 +62,11 @@ class ItemOut(BaseModel):
     current_decision: str = Field(description="The latest reviewer decision, else the pipeline's.")
     results: list[dict[str, Any]]
     reviews: list[ReviewOut] = Field(description="Newest first.")
+    review: ReviewOut | None = Field(
+        default=None, description="The human verdict: the latest reviewer decision (None: not reviewed)."
+    )
     meta: dict[str, Any]
+    external_id: str | None = Field(default=None, description="The id POST /api/moderate was given for it.")
 
 
 class QueueOut(BaseModel):
@@ -80,7 +84,8 @@ def _review_out(r: Review) -> ReviewOut:
     return ReviewOut.model_validate(r, from_attributes=True)
 
 
-def item_out(db: Session, item: Item) -> ItemOut:
+def item_out(db: Session, item: Item, viewer: Principal | None = None) -> ItemOut:
+    """The item as the API shows it; a client `viewer` sees its own external_id of it, not the latest."""
     results = queries.results_of(db, [item.id]).get(item.id, [])
     past = queries.history(db, item.uri)
     return ItemOut(
@@ -105,8 +110,17 @@ def item_out(db: Session, item: Item) -> ItemOut:
             for r in results
         ],
         reviews=[_review_out(r) for r in past],
+        review=_review_out(past[0]) if past else None,
         meta=item.meta or {},
+        external_id=_external_id(db, item, viewer),
     )
+
+
+def _external_id(db: Session, item: Item, viewer: Principal | None) -> str | None:
+    if viewer is None or not viewer.is_client:
+        return item.external_id
+    sent = queries.submitted_id(db, item.id, viewer.user.id)
+    return sent if isinstance(sent, str) else None
 
 
 def configured_policy_files(names: list[str] | None, request: Request) -> list[str] | None:
@@ -167,22 +181,25 @@ def job_status(request: Request, job_id: JobId, principal: CurrentUser) -> dict[
 @router.get("/items", response_model=list[ItemOut])
 def lookup_items(
     db: Db,
-    principal: CurrentUser,
+    principal: CurrentCaller,
     uri: Annotated[str | None, Query(max_length=queries.MAX_URI)] = None,
     sha256: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[ItemOut]:
-    """Items by uri or by content sha256 (one of them)."""
+    """Items by uri or by content sha256 (one of them); a client sees only the items it sent."""
     if (uri is None) == (sha256 is None):
         raise HTTPException(422, "give exactly one of uri or sha256")
-    return [item_out(db, item) for item in queries.find_items(db, uri=uri, sha256=sha256)]
+    sender = principal.user.id if principal.is_client else None
+    found = queries.find_items(db, uri=uri, sha256=sha256, submitted_by=sender)
+    return [item_out(db, item, principal) for item in found]
 
 
 @router.get("/items/{item_id}", response_model=ItemOut)
-def get_item(item_id: ItemId, db: Db, principal: CurrentUser) -> ItemOut:
+def get_item(item_id: ItemId, db: Db, principal: CurrentCaller) -> ItemOut:
+    """One item; to a client, only one it sent (others read as unknown)."""
     item = db.get(Item, item_id)
-    if item is None:
+    if item is None or (principal.is_client and queries.submitted_id(db, item.id, principal.user.id) is False):
         raise HTTPException(404, "no such item")
-    return item_out(db, item)
+    return item_out(db, item, principal)
 
 
 @router.get("/queue", response_model=QueueOut)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from moderator.review import auth, users
-from moderator.review.auth import CurrentUser, Db, settings_of
+from moderator.review.auth import CurrentCaller, Db, settings_of
 from moderator.review.credentials import same_secret
 from moderator.review.links import safe_next
 from moderator.review.templates import render
@@ -77,7 +77,7 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, principal: CurrentUser, db: Db) -> RedirectResponse:
+def logout(request: Request, principal: CurrentCaller, db: Db) -> RedirectResponse:
     auth.end_session(db, request.cookies.get(auth.COOKIE))
     db.commit()
     response = RedirectResponse("/login", status_code=303)

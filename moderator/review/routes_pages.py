@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
+from moderator.actions.s3 import current_uri
 from moderator.review import decisions, queries
 from moderator.review.auth import CurrentUser, Db, settings_of
-from moderator.review.images import load_thumbnail
+from moderator.review.images import frame_strip, load_thumbnail, load_video_frame
 from moderator.review.links import safe_next
 from moderator.review.params import DbId, ItemId
 from moderator.review.templates import render
@@ -55,23 +57,52 @@ def item_page(request: Request, item_id: ItemId, principal: CurrentUser, db: Db)
         principal,
         item=item,
         results=results,
+        frames=frame_strip(item.meta, results),
         history=past,
         current=decisions.current_decision(item, past[0] if past else None),
         back=safe_next(request.query_params.get("back", "/queue")),
     )
 
 
+def _side(request: Request) -> int | None:
+    size = request.query_params.get("size")
+    return int(size) if size and size.isdigit() and 32 <= int(size) <= 2048 else None
+
+
+async def _bytes_uri(request: Request, uri: str) -> str:
+    """Where the item's bytes are now: an S3 action may have moved them to quarantine."""
+    return await run_in_threadpool(current_uri, request.app.state.store, uri)
+
+
 @router.get("/items/{item_id}/image")
 async def item_image(request: Request, item_id: ItemId, principal: CurrentUser, db: Db) -> Response:
+    # unreadable source or undecodable image: the page shows a placeholder
+    return await _jpeg_of(request, db, item_id, "image", load_thumbnail)
+
+
+@router.get("/items/{item_id}/frames/{index}")
+async def item_frame(
+    request: Request, item_id: ItemId, index: Annotated[int, Path(ge=0, le=64)], principal: CurrentUser, db: Db
+) -> Response:
+    """Sampled frame `index` of a video item, re-encoded as a JPEG like the item's image."""
+    return await _jpeg_of(
+        request, db, item_id, "frame", lambda uri, settings, side: load_video_frame(uri, settings, index, side)
+    )
+
+
+async def _jpeg_of(
+    request: Request, db: Any, item_id: int, what: str, make: Callable[[str, Any, int | None], bytes]
+) -> Response:
+    """The item's image or frame as a JPEG rendered by the server; 404 when it cannot be had."""
     item = await run_in_threadpool(db.get, Item, item_id)
     if item is None:
         raise HTTPException(404, "no such item")
-    size = request.query_params.get("size")
-    side = int(size) if size and size.isdigit() and 32 <= int(size) <= 2048 else None
+    side = _side(request)
     try:
-        body = await run_in_threadpool(load_thumbnail, item.uri, settings_of(request), side)
-    except Exception as e:  # unreadable source or undecodable image: the page shows a placeholder
-        raise HTTPException(404, f"image unavailable: {type(e).__name__}") from None
+        uri = await _bytes_uri(request, item.uri)
+        body = await run_in_threadpool(make, uri, settings_of(request), side)
+    except Exception as e:  # unreadable source, undecodable image or video, no such frame
+        raise HTTPException(404, f"{what} unavailable: {type(e).__name__}") from None
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
 from moderator.review import users
-from moderator.review.auth import CurrentUser, Db, Principal
+from moderator.review.auth import CurrentCaller, Db, Principal
 from moderator.review.params import TokenId
 from moderator.review.templates import render
 from moderator.store.tables import ApiToken
@@ -55,7 +55,7 @@ def _revoke(db: Db, token_id: int, principal: Principal) -> TokenOut:
 @api.get("/tokens", response_model=list[TokenOut])
 def list_tokens(
     db: Db,
-    principal: CurrentUser,
+    principal: CurrentCaller,
     user: Annotated[
         str | None, Query(max_length=64, description="Whose tokens (admins only); yours by default.")
     ] = None,
@@ -71,7 +71,7 @@ def list_tokens(
 
 
 @api.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: TokenId, db: Db, principal: CurrentUser) -> TokenOut:
+def revoke_token(token_id: TokenId, db: Db, principal: CurrentCaller) -> TokenOut:
     """Revoke one of your tokens (an admin: anyone's); it stops working at once."""
     return _revoke(db, token_id, principal)
 
@@ -82,13 +82,13 @@ def _account(request: Request, principal: Principal, db: Db, new_token: str | No
 
 
 @pages.get("/account", response_class=HTMLResponse)
-def account(request: Request, principal: CurrentUser, db: Db) -> HTMLResponse:
+def account(request: Request, principal: CurrentCaller, db: Db) -> HTMLResponse:
     return _account(request, principal, db)
 
 
 @pages.post("/account/tokens", response_class=HTMLResponse)
 def new_token(
-    request: Request, principal: CurrentUser, db: Db, label: Annotated[str, Form(max_length=128)] = ""
+    request: Request, principal: CurrentCaller, db: Db, label: Annotated[str, Form(max_length=128)] = ""
 ) -> HTMLResponse:
     if principal.via != "session":
         raise HTTPException(403, "API tokens are made from a browser session or the CLI")
@@ -98,6 +98,6 @@ def new_token(
 
 
 @pages.post("/account/tokens/{token_id}/revoke")
-def revoke_from_page(token_id: TokenId, principal: CurrentUser, db: Db) -> RedirectResponse:
+def revoke_from_page(token_id: TokenId, principal: CurrentCaller, db: Db) -> RedirectResponse:
     _revoke(db, token_id, principal)
     return RedirectResponse("/account", status_code=303)

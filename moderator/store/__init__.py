@@ -7,6 +7,8 @@ repository.py  Store: items, embeddings, jobs, counts (what scans and workers ca
 jobs.py        job rows;  batches.py: the batch ledger of queued jobs
 export.py      streaming export rows
 bulk.py        whole-store reads and writes (rescore, policy diff, search)
+outbox.py      decision events, written in the transaction that changes the decision
+deliveries.py  webhook endpoints and the delivery ledger of those events (leased claims)
 """
 
 from moderator.store.batches import BatchState, Delivery, JobBatches, NewBatch, QueuedBatch

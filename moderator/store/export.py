@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from typing import Any
@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Row, Select, exists, func, select, type_co
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from moderator.store.tables import Item, Result
+from moderator.store.tables import Item, Result, Review
 from moderator.types import Action, ItemStatus
 
 
@@ -49,6 +49,15 @@ class ExportRow:
     actions: dict[str, Action]  # policy -> that policy's action
     meta: dict[str, Any]
     updated_at: datetime
+    # issue 14 (B): the evidence of what fired, and the human verdict (the latest review) beside the
+    # pipeline's decision. current_decision: the reviewer's when reviewed, else the pipeline's.
+    fired: list[dict[str, Any]] = field(default_factory=list)  # {policy, name, action, score, threshold, evidence}
+    current_decision: str | None = None
+    review_verdict: str | None = None  # confirm, dismiss, relabel
+    review_decision: str | None = None
+    reviewer: str | None = None
+    reviewed_at: datetime | None = None
+    review_labels: list[str] = field(default_factory=list)
 
 
 def _conditions(filters: ExportFilters, dialect: str) -> list[ColumnElement[bool]]:
@@ -81,6 +90,9 @@ def _has_tag(tags: Any, tag: str, dialect: str) -> ColumnElement[bool]:
 
 
 def export_query(filters: ExportFilters, dialect: str) -> Select[Any]:
+    # The latest review of each uri, joined in the same query (no query per item).
+    latest = select(Review.item_uri, func.max(Review.id).label("review_id")).group_by(Review.item_uri).subquery()
+    review = aliased(Review)
     return (
         select(
             Item.id,
@@ -99,8 +111,15 @@ def export_query(filters: ExportFilters, dialect: str) -> Select[Any]:
             Result.scores,
             Result.fired,
             Result.tags,
+            review.verdict.label("review_verdict"),
+            review.new_decision.label("review_decision"),
+            review.reviewer.label("reviewer"),
+            review.created_at.label("reviewed_at"),
+            review.labels.label("review_labels"),
         )
         .outerjoin(Result, Result.item_id == Item.id)
+        .outerjoin(latest, latest.c.item_uri == Item.uri)
+        .outerjoin(review, review.id == latest.c.review_id)
         .where(*_conditions(filters, dialect))
         .order_by(Item.id, Result.policy)
     )
@@ -131,6 +150,13 @@ def shape_row(rows: Sequence[Row[Any]]) -> ExportRow:
         actions={r.policy: r.action for r in scored},
         meta=dict(first.meta or {}),
         updated_at=first.updated_at,
+        fired=[{"policy": r.policy, **f} for r in scored for f in r.fired],
+        current_decision=first.review_decision or (first.decision.value if first.decision else None),
+        review_verdict=first.review_verdict,
+        review_decision=first.review_decision,
+        reviewer=first.reviewer,
+        reviewed_at=first.reviewed_at,
+        review_labels=list(first.review_labels or []),
     )
 
 

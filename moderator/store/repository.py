@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,6 +49,8 @@ class ItemRecord:
     # Replace the stored result of each policy named here; other policies' results stay.
     results: list[PolicyResult] = field(default_factory=list)
     job_id: str | None = None
+    error_reason: str | None = None  # the machine reason of an error or skip (not_an_image, too_large, ...)
+    external_id: str | None = None  # POST /api/moderate's caller id; None keeps the stored one
 
 
 @dataclass(frozen=True)
@@ -171,17 +173,37 @@ class Store:
                 "status": r.status,
                 "error": r.error,
                 "meta": r.meta,
-                "decision": r.decision,
+                "decision": None if r.status is ItemStatus.OK else r.decision,  # set by the refresh
                 "job_id": r.job_id,
+                "error_reason": r.error_reason,
+                "external_id": r.external_id,
                 "created_at": now,
                 "updated_at": now,
             }
             for r in latest.values()
         ]
         items = self._insert(Item)
-        refreshed = ("sha256", "size", "fingerprint", "status", "error", "meta", "decision", "job_id", "updated_at")
+        refreshed = (
+            "sha256",
+            "size",
+            "fingerprint",
+            "status",
+            "error",
+            "error_reason",
+            "meta",
+            "job_id",
+            "updated_at",
+        )
+        kept_unless_given: dict[str, Any] = {
+            "external_id": func.coalesce(items.excluded.external_id, items.table.c.external_id)
+        }
+        # issue 14 (B): a scored item's decision is written by refresh_decisions alone, so each
+        # change there is one item.decided event (store/outbox.py); other statuses take the record's.
+        kept_unless_given["decision"] = case(
+            (items.excluded.status == ItemStatus.OK.value, items.table.c.decision), else_=items.excluded.decision
+        )
         upsert_items = items.on_conflict_do_update(
-            index_elements=["uri"], set_={c: items.excluded[c] for c in refreshed}
+            index_elements=["uri"], set_={**{c: items.excluded[c] for c in refreshed}, **kept_unless_given}
         ).returning(items.table.c.id, items.table.c.uri)
         with self.session() as s:
             conn = s.connection()

@@ -21,6 +21,7 @@ from sqlalchemy.orm import aliased
 
 from moderator.decide import ACTIONS
 from moderator.store.engine import chunks, driver_sql
+from moderator.store.outbox import emit_decided
 from moderator.store.tables import Item, Result, table_of, utcnow
 from moderator.types import Action, ItemStatus, PolicyResult
 
@@ -37,6 +38,9 @@ class EncodedResult(NamedTuple):
     scores: str
     fired: str
     tags: str
+
+
+_ACTION_TEXT = tuple(a.value for a in ACTIONS)  # enum .value is a property call, once per row
 
 
 def encode_result(result: PolicyResult) -> EncodedResult:
@@ -94,14 +98,14 @@ class ResultEncoder:
         score_text = self._scores % tuple(scores)
         fired = [j for j, sev in enumerate(severity) if sev]
         if not fired:
-            return EncodedResult(ACTIONS[action].value, score_text, EMPTY, EMPTY)
+            return EncodedResult(_ACTION_TEXT[action], score_text, EMPTY, EMPTY)
         parts = [self._fired[j][severity[j]] % (scores[j], threshold[j], self._text(evidence[j])) for j in fired]
         # The tags are the fired entries whose action is tag, as PolicyResult.tags lists them.
         tagged = tuple(j for j in fired if severity[j] == _TAG)
         tags = self._tags.get(tagged)
         if tags is None:
             tags = self._tags[tagged] = _JSON.encode([self.classes[j] for j in tagged])
-        return EncodedResult(ACTIONS[action].value, score_text, "[" + ", ".join(parts) + "]", tags)
+        return EncodedResult(_ACTION_TEXT[action], score_text, "[" + ", ".join(parts) + "]", tags)
 
     def _text(self, value: str) -> str:
         found = self._texts.get(value)
@@ -139,7 +143,8 @@ def severity_sql(action: Any) -> Any:
 
 def refresh_decisions(conn: Connection, *, item_ids: Sequence[int] = (), policy: str | None = None) -> int:
     """Set the decision of scored items (status ok) to the most severe action over all their
-    stored results, allow when they have none; returns how many decisions changed.
+    stored results, allow when they have none; returns how many decisions changed. Each
+    change is an item.decided event in the outbox, written in the same transaction.
 
     The items: those given by id, and those holding a result of `policy`. Computed in SQL
     inside the caller's transaction, so results another writer stored count too; written
@@ -174,6 +179,11 @@ def _refresh(conn: Connection, chosen: Sequence[int] | Select[Any]) -> int:
             items.c.status == ItemStatus.OK,
             items.c.decision.is_distinct_from(agg.c.decision),
         )
-        .values(decision=agg.c.decision)
+        # The old value on the right: both dialects read the row as it was before the UPDATE.
+        .values(decision=agg.c.decision, previous_decision=items.c.decision, event_seq=items.c.event_seq + 1)
     )
-    return int(conn.execute(stmt).rowcount)
+    changed = int(conn.execute(stmt).rowcount)
+    if changed:
+        # Same transaction: an item.decided event per changed item, or none at all (store/outbox.py).
+        emit_decided(conn, chosen)
+    return changed

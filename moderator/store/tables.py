@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -144,6 +145,14 @@ class Item(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # issue 14 (migration 0005): the machine reason of an error (not_an_image, too_large, ...) and, for
+    # items sent to POST /api/moderate, the caller's own id of the last submission (who: ItemSubmission).
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # issue 14 (B, migration 0006): the pipeline decision before its last change, and the item's
+    # last decision-event sequence number (store/outbox.py: bumped with each event, never reused).
+    previous_decision: Mapped[Action | None] = mapped_column(_str_enum(Action))
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Embedding(Base):
@@ -219,6 +228,7 @@ class JobBatch(Base):
 class Role(StrEnum):
     REVIEWER = "reviewer"
     ADMIN = "admin"
+    CLIENT = "client"  # a platform: POST /api/moderate and its own items only (issue 14)
 
 
 class Verdict(StrEnum):
@@ -325,3 +335,128 @@ class S3EventState(Base):
     sequencer: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))  # events.EventKind value of the last event acted upon
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# -- synchronous verdicts (issue 14, migration 0005) -----------------------------------------
+# Who sent an item to POST /api/moderate: one row per (item, caller), so a `client` reads the
+# items it submitted (and its own external_id of each), never another caller's.
+
+
+class ItemSubmission(Base):
+    __tablename__ = "item_submissions"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("items.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# -- S3 actions on decisions (migration 0007; the code is moderator/actions/s3.py) ----------
+# One state row per S3 item: what moderator has done to the object (its tags, where it is
+# now), so a redelivered event finds nothing left to do and a dismissal knows what to undo.
+# Every step tried is appended to s3_action_log with its outcome (the audit of actions).
+
+
+class S3ActionState(Base):
+    __tablename__ = "s3_action_state"
+
+    uri: Mapped[str] = mapped_column(Text, primary_key=True)  # the item's uri: s3://bucket/key
+    decision: Mapped[str | None] = mapped_column(String(16))  # the decision whose actions are in place
+    rule: Mapped[str | None] = mapped_column(Text)
+    version_id: Mapped[str | None] = mapped_column(String(1024))  # the source version acted upon
+    etag: Mapped[str | None] = mapped_column(String(255))  # its ETag (a copy moved back may have a new one)
+    tags: Mapped[dict[str, str] | None] = mapped_column(Json)  # moderator's keys as set; None: none set
+    # Values moderator's keys had before it first tagged the object (restored on undo).
+    prior_tags: Mapped[dict[str, str] | None] = mapped_column(Json)
+    moved_to: Mapped[str | None] = mapped_column(Text)  # s3://bucket/key of the quarantined copy
+    moved_version_id: Mapped[str | None] = mapped_column(String(1024))
+    moved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the newest event fully acted upon
+    last_event_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class S3ActionLog(Base):
+    __tablename__ = "s3_action_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    uri: Mapped[str] = mapped_column(Text)
+    step: Mapped[str] = mapped_column(String(16))  # tag, untag, move, move_back, none
+    outcome: Mapped[str] = mapped_column(String(16))  # done, failed, skipped, not_applicable, no_op
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index(None, "outcome", "created_at"),)
+
+
+# -- issue 14 (B, migration 0006): decision events, their outbox and deliveries ---------------
+# An event is written to outbox_events in the transaction that changes a decision
+# (store/outbox.py); the deliverer (actions/deliver.py) fans each one out to the performers
+# that want it (webhook endpoints, S3 actions), one event_deliveries row per target.
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # retried for webhook_retry_for_s without success: left for replay
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))  # whsec_... (Standard Webhooks)
+    events: Mapped[list[str]] = mapped_column(Json, default=list)  # event types; empty: all
+    decisions: Mapped[list[str]] = mapped_column(Json, default=list)  # empty: all
+    policies: Mapped[list[str]] = mapped_column(Json, default=list)  # empty: all
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox_events"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # evt_<hex>: stable, the webhook-id
+    type: Mapped[str] = mapped_column(String(32))
+    item_id: Mapped[int] = mapped_column(BigInteger)  # no foreign key: events outlive items
+    seq: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
+
+    __table_args__ = (UniqueConstraint("item_id", "seq"),)
+
+
+class EventDelivery(Base):
+    """One event for one target of one performer kind (a webhook endpoint, an S3 action)."""
+
+    __tablename__ = "event_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), ForeignKey("outbox_events.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(255))
+    item_id: Mapped[int] = mapped_column(BigInteger)  # the event's, for in-order delivery per item
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[DeliveryState] = mapped_column(_str_enum(DeliveryState), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    retry_since: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # retries end retry_for_s after
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "kind", "target"),
+        Index(None, "state", "next_attempt_at"),
+        Index("ix_event_deliveries_order", "kind", "target", "item_id", "seq"),
+    )
