@@ -169,13 +169,13 @@ POLICIES = ("nsfw.yaml", "violence.yaml", "tags.yaml")
 def scan_settings(db: Path, precision: str = "fp32", **overrides: Any) -> Any:
     from moderator.settings import SHIPPED_POLICIES, Settings
 
-    defaults: dict[str, Any] = {"model": MODEL, "pretrained": "none", "device": "cpu"}
-    return Settings(
-        database_url=f"sqlite:///{db}",
-        precision=precision,
-        policies=[SHIPPED_POLICIES / p for p in POLICIES],
-        **(defaults | overrides),
-    )
+    defaults: dict[str, Any] = {
+        "model": MODEL,
+        "pretrained": "none",
+        "device": "cpu",
+        "policies": [SHIPPED_POLICIES / p for p in POLICIES],
+    }
+    return Settings(database_url=f"sqlite:///{db}", precision=precision, **(defaults | overrides))
 
 
 def scan_once(target: Path, db: Path, precision: str = "fp32", **overrides: Any) -> tuple[float, Any]:
