@@ -117,9 +117,7 @@ class Repairer:
         return resent
 
     def _resend(self, batch: QueuedBatch) -> None:
-        from moderator.store import NewBatch
-
-        publish(self.app, NewBatch(batch.id, batch.job_id, batch.queue, batch.items), batch.policies)
+        publish(self.app, batch, batch.policies)
         log.warning(
             "job %s: batch %s (%d items) was neither queued nor taken (lost by the broker): sent again",
             batch.job_id,

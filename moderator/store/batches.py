@@ -35,23 +35,19 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class QueuedBatch:
-    """A batch not yet recorded, with what it takes to send it again."""
-
-    id: str
-    job_id: str
-    queue: str
-    items: list[dict[str, Any]]
-    policies: list[str]
-    sends: int
-
-
-@dataclass(frozen=True)
 class NewBatch:
     id: str
     job_id: str
     queue: str
     items: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class QueuedBatch(NewBatch):
+    """A batch not yet recorded, with what it takes to send it again."""
+
+    policies: list[str]
+    sends: int
 
 
 class JobBatches:
