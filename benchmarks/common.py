@@ -8,6 +8,7 @@ cached under the temp folder, keyed by their parameters, so runs reuse them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -143,7 +144,7 @@ def model_ceiling(model: Any, image_size: int, batch_sizes: Sequence[int] = (8, 
             x = torch.randn(bs, 3, image_size, image_size)
             model.encode_image(x)  # warm-up
             reps = max(1, 32 // bs)
-            t = best_of(lambda x=x, reps=reps: seconds(lambda: [model.encode_image(x) for _ in range(reps)]))
+            t = best_of(lambda x=x, reps=reps: seconds(lambda: [model.encode_image(x) for _ in range(reps)]))  # type: ignore[misc]
             best = max(best, (bs * reps / t, bs))
     return best
 
@@ -239,7 +240,7 @@ def ort_ceiling(tower: Any, image_size: int, batch_sizes: Sequence[int] = (8, 16
         x = np.random.default_rng(0).standard_normal((bs, 3, image_size, image_size), dtype=np.float32)
         tower(x)  # warm-up
         reps = max(1, 32 // bs)
-        t = best_of(lambda x=x, reps=reps: seconds(lambda: [tower(x) for _ in range(reps)]))
+        t = best_of(lambda x=x, reps=reps: seconds(lambda: [tower(x) for _ in range(reps)]))  # type: ignore[misc]
         best = max(best, (bs * reps / t, bs))
     return best
 
@@ -274,3 +275,101 @@ def marginal_rate(
     t_small, _ = scan_seconds(small, work / "scan.db", precision, **overrides)
     t_large, summary = scan_seconds(large, work / "scan.db", precision, **overrides)
     return n / max(t_large - t_small, 1e-9), summary
+
+
+# -- a store filled as a scan fills it (issue 17: benchmarks/scale.py) ---------------------------
+
+FLAGGED_SHARE = 0.057  # items whose decision is review or block, as in the issue's measurements
+DIM = 512  # ViT-B-32
+
+
+def fill_settings(database_url: str, **overrides: Any) -> Any:
+    """ViT-B-32 with random weights (no download) and the three shipped CLIP policies."""
+    from moderator.settings import SHIPPED_POLICIES, Settings
+
+    defaults: dict[str, Any] = {
+        "model": MODEL,
+        "pretrained": "none",
+        "device": "cpu",
+        "policies": [SHIPPED_POLICIES / p for p in POLICIES],
+    }
+    return Settings(database_url=database_url, **(defaults | overrides))
+
+
+def fill_policies(settings: Any) -> Any:
+    """The compiled PolicySet a scan with these settings runs (prompt embeddings cached on disk)."""
+    from moderator.engine.verdict import compile_policies
+    from moderator.policy.load import load_policies
+
+    policy_set = compile_policies(load_policies(settings.policies), settings)
+    if policy_set.not_run:
+        raise RuntimeError(f"policies not compiled: {policy_set.not_run}")
+    return policy_set
+
+
+def item_sha(index: int) -> str:
+    return hashlib.sha256(f"bench-{index}".encode()).hexdigest()
+
+
+def item_uri(index: int) -> str:
+    return f"s3://bench/photos/{index:09d}.jpg"
+
+
+def scan_records(policy_set: Any, start: int, count: int, *, seed: int = 0, flagged: float = FLAGGED_SHARE) -> Any:
+    """(embeddings, ItemRecords) of items start..start+count, as Pipeline._store hands them to the store.
+
+    Random unit float16 embeddings, scored by the compiled policies (PolicySet.score: the
+    engine's decide path, second opinions and item decision included). Candidates are drawn
+    until `flagged` of the items (rounded) are review or block: random embeddings on random
+    weights flag about 10%. The same (seed, start, count) gives the same items in any process.
+    """
+    from moderator.engine.prepare import PreparedItem
+    from moderator.sources import SourceItem
+    from moderator.store import ItemRecord
+    from moderator.types import Action
+
+    rng = np.random.default_rng([seed, start, count])
+    want_flagged = round(count * flagged)
+    chosen_flagged: list[Any] = []
+    chosen_clean: list[Any] = []
+    while len(chosen_flagged) < want_flagged or len(chosen_clean) < count - want_flagged:
+        vectors = rng.normal(size=(count, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors.astype(np.float16).astype(np.float32)  # scored as stored (float16)
+        candidates = [PreparedItem(item=SourceItem(uri="", read=bytes), embedding=v[None]) for v in vectors]
+        policy_set.score(candidates)
+        for p in candidates:
+            bad = p.decision in (Action.REVIEW, Action.BLOCK)
+            (chosen_flagged if bad else chosen_clean).append(p)
+    picked = chosen_flagged[:want_flagged] + chosen_clean[: count - want_flagged]
+    order = rng.permutation(count)  # flagged items spread through the batch
+    embeddings: dict[str, np.ndarray] = {}
+    records = []
+    for offset, k in enumerate(order):
+        p, index = picked[k], start + offset
+        sha = item_sha(index)
+        embeddings[sha] = p.embedding.astype(np.float16)
+        etag = sha[:32]
+        key = f"photos/{index:09d}.jpg"
+        size = 200_000 + index % 3_000_000
+        meta = {
+            "bucket": "bench",
+            "key": key,
+            "etag": etag,
+            "version_id": None,
+            "size": size,
+            "last_modified": "2026-01-01T00:00:00+00:00",
+        }
+        records.append(
+            ItemRecord(
+                uri=item_uri(index),
+                sha256=sha,
+                size=size,
+                fingerprint=f"etag:{etag}",
+                status=p.status,
+                meta=meta,
+                decision=p.decision,
+                results=p.results,
+            )
+        )
+    return embeddings, records

@@ -131,7 +131,7 @@ def test_multi_frame_items_score_their_worst_frame(
     matrix = load_embedding_matrix(store, MODEL_ID)
     assert matrix.vectors.shape == (3, 8) and not matrix.single_frame
     ctx, _ = context(tmp_path, monkeypatch)
-    rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID, matrix=matrix)
+    rescore(store, compiled(write(tmp_path / "pets.yaml", PETS), ctx), MODEL_ID)
     stored = rows(store)
     assert stored["anim"].decision is Action.REVIEW  # type: ignore[attr-defined]  # the dog frame
     assert stored["still"].decision is Action.ALLOW  # type: ignore[attr-defined]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
+from html import escape
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from moderator.engine.search import SearchIndex, top_k
@@ -113,3 +116,48 @@ def test_api_search_by_uploaded_image(tiny_settings: Settings, store: Store, pho
     assert first["uris"][0].endswith("p2.jpg") and first["score"] == pytest.approx(1.0, abs=1e-3)
     r = client.post("/api/search/image", files={"file": ("x.jpg", b"not an image", "image/jpeg")}, headers=auth)
     assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith("the upload: ")
+
+
+def test_search_page_filters_csrf_and_errors(tmp_path: Path) -> None:
+    """The review UI's /search over known vectors: filters narrow, an upload needs the CSRF token."""
+    from moderator.review.app import create_app
+    from moderator.store.tables import Item
+    from tests.review.conftest import seed_store
+    from tests.review.helpers import item_id, login
+
+    seeded = seed_store(
+        f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "img", model="test-tiny", pretrained="none", device="cpu"
+    )
+    with Session(seeded.store.engine) as db:
+        shas = {uri: str(sha) for uri, sha in db.execute(select(Item.uri, Item.sha256))}
+    vectors = {
+        "blocked": axis(0),
+        "suggestive": axis(0, 1),
+        "gore": axis(0, 1, 2),
+        "allowed": axis(3),
+        "hostile": axis(4),
+    }
+    seeded.store.save_embeddings({shas[seeded.uris[n]]: v[None] for n, v in vectors.items()}, MODEL_ID)
+    client = TestClient(create_app(seeded.settings, seeded.store), follow_redirects=False)
+    csrf = login(client, "rita")
+    like = item_id(seeded.store, seeded.uris["blocked"])
+
+    def names(html: str) -> list[str]:
+        found = re.findall(r'<td class="uri"><a href="[^"]*">([^<]*)</a>', html)
+        by_uri = {escape(uri): name for name, uri in seeded.uris.items()}
+        return [by_uri[u] for u in found]
+
+    r = client.get(f"/search?like={like}")
+    assert r.status_code == 200 and names(r.text)[:2] == ["suggestive", "gore"]  # itself left out
+    r = client.get(f"/search?like={like}&decision=review&source={seeded.uris['gore'][:-8]}")
+    assert names(r.text)[:2] == ["suggestive", "gore"]
+    assert names(client.get(f"/search?like={like}&decision=allow").text) == ["allowed"]
+    assert names(client.get(f"/search?like={like}&policy=violence").text) == ["gore"]  # flagged by violence
+    assert names(client.get(f"/search?like={like}&since=2999-01-01").text) == []
+    assert names(client.get(f"/search?like={like}&until=2999-01-01").text)[:1] == ["suggestive"]
+    assert client.get(f"/search?like={like}&since=yesterday").status_code == 422
+    assert client.get("/search?like=999999").status_code == 404
+    upload = {"file": ("x.png", b"not an image", "image/png")}
+    assert client.post("/search", files=upload).status_code == 403  # no CSRF token
+    r = client.post("/search", files=upload, data={"csrf_token": csrf})
+    assert r.status_code == 422 and "the upload" in r.text

@@ -55,7 +55,8 @@ COMMANDS: dict[str, Entry] = {
     "probe": Entry("moderator.cli.probe:app", "Linear probes: classifiers trained on CLIP embeddings."),
     "search": Entry(
         "moderator.cli.search:search",
-        "Search stored items by text or by an example image (exact cosine similarity on their CLIP embeddings).",
+        "Search stored items by text or by an example image (cosine similarity on their CLIP embeddings: exact for "
+        "small stores, else through the approximate index on disk).",
     ),
     # Queue and workers
     "enqueue": Entry("moderator.cli.enqueue:enqueue", "Queue a scan for the workers and print its job id."),

@@ -1,11 +1,13 @@
-"""`moderator export`: stored results as JSONL, CSV or Parquet, one row per item."""
+"""`moderator export`: stored results as JSONL, CSV or Parquet, one row per item, in one pass
+over the store a chunk of items at a time (store.export.iter_export_chunks): memory is one
+chunk's, a Parquet row group per chunk."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +19,6 @@ from pydantic import ValidationError
 from moderator.cli.common import DatabaseOpt, console, fail, make_settings, open_store
 
 FORMATS = ("jsonl", "csv", "parquet")
-PARQUET_CHUNK = 5000  # rows per Parquet row group written: memory stays flat however many items
 
 
 def export(
@@ -65,51 +66,102 @@ def export(
     store = open_store(make_settings(database_url=database_url))
     if format == "parquet":
         assert out_path is not None
-        n = write_parquet(lambda: store.iter_export(filters), out_path)
+        n = write_parquet(store, filters, out_path)
     else:
         target = open(out_path, "w", newline="", encoding="utf-8") if out_path else nullcontext(sys.stdout)  # noqa: SIM115
         with target as stream:
-            n = write_rows(store.iter_export(filters), format, stream)
+            n = write_rows(store, filters, format, stream)
     console.print(f"exported {n} item(s)" + (f" to {out_path}" if out_path else ""), highlight=False)
 
 
-def row_dict(row: Any) -> dict[str, Any]:
-    data = {k: getattr(row, k) for k in row.__dataclass_fields__}
-    for key, value in data.items():
-        if isinstance(value, datetime):
-            data[key] = value.isoformat()
-        elif hasattr(value, "value"):
-            data[key] = value.value
-    return data
+# The fields of store.ExportRow, in order: the keys of a JSONL row and the columns of the CSV.
+FIELDS = (
+    "uri", "sha256", "size", "status", "error", "decision", "tags", "flags", "scores", "policy_versions",
+    "model_ids", "actions", "meta", "updated_at", "fired", "current_decision", "review_verdict",
+    "review_decision", "reviewer", "reviewed_at", "review_labels",
+)  # fmt: skip
+_PLAIN = ("uri", "sha256", "size", "status", "error", "decision", "tags", "flags", "current_decision")
+_REVIEW = ("review_verdict", "review_decision", "reviewer", "review_labels")
 
 
-def write_rows(rows: Any, format: str, stream: IO[str]) -> int:
+def chunks(store: Any, filters: Any) -> Iterator[tuple[dict[str, list[str]], dict[str, Any]]]:
+    """(score classes, flat columns) per chunk of items: one pass (store.export.iter_export_chunks).
+    Only when a result names a class no column was made for does it start again, with it."""
+    from moderator.store import export as chunked
+
+    with store.session() as s:
+        classes = chunked.score_classes(s)
+    while True:
+        try:
+            for columns in chunked.iter_export_chunks(store.session, filters, classes, size=chunked.EXPORT_CHUNK):
+                yield classes, columns
+            return
+        except chunked.ColumnsGrew as grew:
+            classes = grew.classes
+            yield classes, {}  # the writer starts again
+
+
+def records(classes: dict[str, list[str]], columns: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The rows of one chunk as JSONL writes them (ExportRow's fields)."""
+    n = len(columns["uri"])
+    per_policy = [
+        (
+            p,
+            *(columns[f"{what}.{p}"] for what in ("version", "model", "action")),
+            [(c, columns[f"score.{p}.{c}"].to_pylist()) for c in names],
+        )
+        for p, names in classes.items()
+    ]
+    plain = [(k, columns[k]) for k in _PLAIN]
+    review = [(k, columns[k]) for k in _REVIEW]
+    meta, fired, updated, reviewed = columns["meta"], columns["fired"], columns["updated_at"], columns["reviewed_at"]
+    for i in range(n):
+        row = {k: v[i] for k, v in plain}
+        scores, versions, models, actions = {}, {}, {}, {}
+        for policy, version, model, action, by_class in per_policy:
+            if version[i] is None:
+                continue
+            versions[policy], models[policy], actions[policy] = version[i], model[i], action[i]
+            scores[policy] = {c: v[i] for c, v in by_class if v[i] is not None}
+        row.update(scores=scores, policy_versions=versions, model_ids=models, actions=actions)
+        row["meta"] = json.loads(meta[i]) if meta[i] != "{}" else {}
+        row["fired"] = json.loads(fired[i]) if fired[i] != "[]" else []
+        row["updated_at"] = updated[i].isoformat()
+        row["reviewed_at"] = reviewed[i].isoformat() if reviewed[i] is not None else None
+        row.update((k, v[i]) for k, v in review)
+        yield row
+
+
+def write_rows(store: Any, filters: Any, format: str, stream: IO[str]) -> int:
+    """JSONL or CSV in one pass over the store; a restart (ColumnsGrew) rewinds the stream when
+    it can, else the rows written stay and the run fails."""
     n = 0
+    start = stream.tell() if stream.seekable() else None
     writer: csv.DictWriter[str] | None = None
-    for row in rows:
-        data = row_dict(row)
+    encode = json.JSONEncoder(sort_keys=True).encode
+    for classes, columns in chunks(store, filters):
+        if not columns:
+            if start is None:
+                raise RuntimeError("the score columns grew during the export: run it again")
+            stream.seek(start)
+            stream.truncate()
+            n, writer = 0, None
+            continue
         if format == "jsonl":
-            stream.write(json.dumps(data, sort_keys=True) + "\n")
+            stream.write("".join(encode(data) + "\n" for data in records(classes, columns)))
         else:
-            flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in data.items()}
             if writer is None:
-                writer = csv.DictWriter(stream, fieldnames=list(flat))
+                writer = csv.DictWriter(stream, fieldnames=list(FIELDS))
                 writer.writeheader()
-            writer.writerow(flat)
-        n += 1
+            writer.writerows(
+                {k: encode(v) if isinstance(v, dict | list) else v for k, v in data.items()}
+                for data in records(classes, columns)
+            )
+        n += len(columns["uri"])
     return n
 
 
 # -- parquet ---------------------------------------------------------------------------------
-
-
-def score_classes(rows: Iterable[Any]) -> dict[str, list[str]]:
-    """policy -> sorted class names over every row: the score columns."""
-    found: dict[str, set[str]] = {}
-    for row in rows:
-        for policy, scores in row.scores.items():
-            found.setdefault(policy, set()).update(scores)
-    return {policy: sorted(classes) for policy, classes in sorted(found.items())}
 
 
 def parquet_schema(classes: dict[str, list[str]]) -> Any:
@@ -141,56 +193,33 @@ def parquet_schema(classes: dict[str, list[str]]) -> Any:
     return pa.schema(fields)
 
 
-def parquet_record(row: Any, classes: dict[str, list[str]]) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "uri": row.uri,
-        "sha256": row.sha256,
-        "size": row.size,
-        "status": _text(row.status),
-        "error": row.error,
-        "decision": _text(row.decision),
-        "tags": list(row.tags),
-        "flags": list(row.flags),
-        "updated_at": row.updated_at,
-        "meta": json.dumps(row.meta, sort_keys=True, default=str),
-        "fired": json.dumps(row.fired, sort_keys=True, default=str),
-        "current_decision": row.current_decision,
-        "review_verdict": row.review_verdict,
-        "review_decision": row.review_decision,
-        "reviewer": row.reviewer,
-        "reviewed_at": row.reviewed_at,
-        "review_labels": list(row.review_labels),
-    }
-    for policy, names in classes.items():
-        record[f"version.{policy}"] = row.policy_versions.get(policy)
-        record[f"action.{policy}"] = _text(row.actions.get(policy))
-        record[f"model.{policy}"] = row.model_ids.get(policy)
-        scores = row.scores.get(policy, {})
-        for name in names:
-            record[f"score.{policy}.{name}"] = scores.get(name)
-    return record
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(getattr(value, "value", value))
-
-
-def write_parquet(rows: Callable[[], Iterator[Any]], path: Path) -> int:
-    """Two streaming passes over `rows()`: the score columns first, then the rows in row groups."""
+def write_parquet(store: Any, filters: Any, path: Path) -> int:
+    """One pass over the store: a record batch per chunk of items, written as a row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    classes = score_classes(rows())
-    schema = parquet_schema(classes)
     n = 0
-    chunk: list[dict[str, Any]] = []
-    with pq.ParquetWriter(path, schema) as writer:
-        for row in rows():
-            chunk.append(parquet_record(row, classes))
-            if len(chunk) == PARQUET_CHUNK:
-                writer.write_table(pa.Table.from_pylist(chunk, schema))
-                n, chunk = n + len(chunk), []
-        if chunk or n == 0:
-            writer.write_table(pa.Table.from_pylist(chunk, schema))
-            n += len(chunk)
+    writer: Any = None
+    schema: Any = None
+    try:
+        for classes, columns in chunks(store, filters):
+            if writer is None or not columns:  # the first chunk, or a restart with more columns
+                if writer is not None:
+                    writer.close()
+                schema = parquet_schema(classes)
+                writer, n = pq.ParquetWriter(path, schema), 0
+                if not columns:
+                    continue
+            writer.write_batch(pa.RecordBatch.from_pydict(columns, schema))
+            n += len(columns["uri"])
+        if writer is None:  # no item: an empty file with the columns there are
+            with store.session() as s:
+                from moderator.store.export import score_classes
+
+                schema = parquet_schema(score_classes(s))
+            writer = pq.ParquetWriter(path, schema)
+            writer.write_table(schema.empty_table())
+    finally:
+        if writer is not None:
+            writer.close()
     return n

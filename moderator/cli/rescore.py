@@ -35,12 +35,16 @@ def rescore(
     Uses stored embeddings only (no image is read, no image model runs), so it takes
     seconds after a policy edit. Policies whose scorer reads images or bytes (open_nsfw,
     hash lists) cannot be re-scored this way: scan again for those.
+
+    Works through the items in chunks, each committed with its results, decisions and a
+    checkpoint: a rescore that was stopped (killed, failed) goes on, when run again with
+    the same policy version and model, after the last chunk it committed. Once a version's
+    rescore has finished, running it again re-scores every item from the start.
     """
     from moderator.decide import second_opinion_rules
-    from moderator.engine.rescore import rescore as run
+    from moderator.engine.rescore import check_rescorable, rescore_many
     from moderator.models import model_id_for
     from moderator.policy.load import PolicyError, load_policies
-    from moderator.store.bulk import load_embedding_matrix
 
     settings = make_settings(
         policies=policy, database_url=database_url, model=model, pretrained=pretrained, device=device
@@ -58,15 +62,23 @@ def rescore(
     compiled.sort(key=lambda p: p.name not in needed)
     store = open_store(settings, announce=True)
     model_id = model_id_for(settings)
-    matrix = load_embedding_matrix(store, model_id)  # loaded once for every policy
     failed = False
+    runnable = []
     for p in compiled:
         try:
-            summary = run(store, p, model_id, matrix=matrix, rules=rules)
+            check_rescorable(p)
+            runnable.append(p)
         except ValueError as exc:
             console.print(f"{p.name}: {exc}", style="red")
             failed = True
-            continue
+    try:
+        # One pass over the store for every policy; each commits its own chunks and checkpoint.
+        summaries = rescore_many(store, runnable, model_id, rules=rules) if runnable else []
+    except ValueError as exc:  # a scorer's answer was refused; rerunning goes on from the checkpoints
+        fail(f"rescore stopped: {exc}", code=1)
+    for p, summary in zip(runnable, summaries, strict=True):
+        if summary.resumed_after:
+            console.print(f"{p.name}: went on after item {summary.resumed_after} (an earlier run stopped there)")
         if as_json:
             out.print_json(json.dumps(summary.as_dict()))
             continue

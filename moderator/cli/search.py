@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,17 +25,30 @@ def search(
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    reindex: Annotated[
+        bool,
+        typer.Option("--reindex", help="Build the approximate search index on disk again from every stored embedding."),
+    ] = False,
 ) -> None:
-    """Search stored items by text or by an example image (exact cosine similarity on their CLIP embeddings)."""
+    """Search stored items by text or by an example image (cosine similarity on their CLIP embeddings: exact for
+    small stores, else through the approximate index on disk)."""
     from moderator.engine.prepare import items_from_files
     from moderator.engine.search import SearchIndex, image_query, text_query
     from moderator.errors import ScorerUnavailable
     from moderator.models import model_id_for
 
-    if (text is None) == (image is None):
-        fail('give either a text query or --image FILE (e.g. moderator search "a red car")')
+    if (text is None) == (image is None) and not (reindex and text is None and image is None):
+        fail('give either a text query or --image FILE (e.g. moderator search "a red car"), or --reindex')
     settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
     store = open_store(settings)
+    index = SearchIndex(store, model_id_for(settings), settings)
+    if reindex:
+        started = time.perf_counter()
+        frames = index.reindex()
+        took = time.perf_counter() - started
+        out.print(f"search index of {model_id_for(settings)}: {frames} embeddings in {took:.1f} s ({index.ann.folder})")
+        if text is None and image is None:
+            return
     warn_random_weights(settings)
     try:
         if text is not None:
@@ -42,7 +56,7 @@ def search(
         else:
             assert image is not None
             query = image_query(settings, items_from_files([image])[0], store)
-        hits = SearchIndex(store, model_id_for(settings)).search(query, k)
+        hits = index.search(query, k)
     except (ScorerUnavailable, ValueError) as exc:
         fail(str(exc))
     if as_json:

@@ -1,8 +1,9 @@
 """Policies applied to stored embeddings: no image is read and no image model runs.
 
 Scores come from the policy's own scorer (so a plugin such as linear_probe works the
-same), fed chunk by chunk from one float16 matrix of every stored embedding; each
-distinct sha256 is scored once however many items share it. Decisions come from
+same), fed from the store a chunk of items at a time in id order (store.bulk.iter_item_chunks:
+memory is one chunk's, however large the store); each distinct sha256 of a chunk is
+scored once however many of its items share it. Decisions come from
 decide.apply_rules, the rule a scan applies too. Second opinions are applied as the
 pipeline applies them (decide.apply_second_opinions), judged against the other
 policies' stored results; a stored result of another policy is not revisited here.
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import Connection
 
 from moderator.decide import (
     Decided,
@@ -29,14 +31,16 @@ from moderator.engine.compile import CompiledPolicy
 from moderator.scorers import ScorerInput, ScoringBatch
 from moderator.store import Store
 from moderator.store.bulk import (
+    CHUNK_ITEMS,
     EmbeddingMatrix,
+    ItemChunk,
     gc_paused,
-    load_embedding_matrix,
-    load_scored_items,
+    iter_item_chunks,
     save_results,
     stored_results,
 )
 from moderator.store.results import EncodedResult, ResultEncoder, encode_result
+from moderator.store.runs import Checkpoint, save_checkpoint, start_run
 from moderator.types import PolicyResult
 
 SCORE_CHUNK = 4096  # distinct embeddings per scorer call
@@ -156,26 +160,8 @@ def severity_of(result: PolicyResult, classes: tuple[str, ...]) -> np.ndarray:
     return np.array([fired.get(c, 0) for c in classes], dtype=np.int8)
 
 
-@dataclass(frozen=True)
-class ItemRows:
-    """Stored items mapped onto matrix rows; items whose embedding is missing are left out."""
-
-    ids: list[int]
-    uris: list[str]
-    row: np.ndarray  # int64 [items]: matrix row of each item
-    missing: int
-
-
-def map_items(store: Store, matrix: EmbeddingMatrix) -> ItemRows:
-    items = load_scored_items(store)
-    index = {sha: i for i, sha in enumerate(matrix.shas)}
-    keep = [(i, index[sha]) for i, sha in enumerate(items.shas) if sha in index]
-    return ItemRows(
-        ids=[items.ids[i] for i, _ in keep],
-        uris=[items.uris[i] for i, _ in keep],
-        row=np.array([r for _, r in keep], dtype=np.int64),
-        missing=len(items.ids) - len(keep),
-    )
+# A chunk of stored items mapped onto its distinct embeddings (store.bulk.iter_item_chunks).
+ItemRows = ItemChunk
 
 
 @dataclass
@@ -188,6 +174,7 @@ class RescoreSummary:
     decisions_changed: int = 0
     actions: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)
+    resumed_after: int = 0  # the item id an unfinished run went on after (0: from the start)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -207,43 +194,114 @@ def rescore(
     policy: CompiledPolicy,
     model_id: str,
     *,
-    matrix: EmbeddingMatrix | None = None,
     rules: Sequence[SecondOpinionRule] | None = None,
+    chunk_size: int = CHUNK_ITEMS,
+    analyze: bool = True,
 ) -> RescoreSummary:
     """Score every stored item with `policy` and store the results under its version.
 
     `rules`: second-opinion rules in force (decide.second_opinion_rules of every policy
     deployed); by default the policy's own. Only those of this policy apply here.
+
+    Streams: `chunk_size` items at a time in id order, each chunk's results, decision
+    refresh and checkpoint (store.runs) in one transaction. A run of this version that did
+    not finish (killed, failed) goes on after its last committed chunk; once finished, a
+    new run starts from the first item again. `analyze`: refresh the planner's statistics
+    at the end (Store.analyze).
     """
-    check_rescorable(policy)
+    (summary,) = rescore_many(store, [policy], model_id, rules=rules, chunk_size=chunk_size, analyze=analyze)
+    return summary
+
+
+def rescore_many(
+    store: Store,
+    policies: Sequence[CompiledPolicy],
+    model_id: str,
+    *,
+    rules: Sequence[SecondOpinionRule] | None = None,
+    chunk_size: int = CHUNK_ITEMS,
+    analyze: bool = True,
+) -> list[RescoreSummary]:
+    """rescore for several policies in one pass over the store: each chunk is read once and
+    scored with each policy in turn, each policy's results committed in its own transaction
+    with its own checkpoint (a policy that others need for a second opinion should come
+    first: they are judged on its new results of the chunk)."""
+    for policy in policies:
+        check_rescorable(policy)
     with gc_paused():
-        return _rescore(store, policy, model_id, matrix, rules)
+        summaries = _rescore(store, policies, model_id, rules, chunk_size)
+    if analyze:
+        store.analyze()
+    return summaries
 
 
 def _rescore(
     store: Store,
-    policy: CompiledPolicy,
+    policies: Sequence[CompiledPolicy],
     model_id: str,
-    matrix: EmbeddingMatrix | None,
     rules: Sequence[SecondOpinionRule] | None,
-) -> RescoreSummary:
-    summary = RescoreSummary(policy.name, policy.loaded.version, model_id)
-    t0 = time.perf_counter()
-    matrix = matrix if matrix is not None else load_embedding_matrix(store, model_id)
-    items = map_items(store, matrix)
+    chunk_size: int,
+) -> list[RescoreSummary]:
+    keys = [(p.name, p.loaded.version, model_id) for p in policies]
+    with store.session() as s:
+        points = [start_run(s.connection(), *key) for key in keys]
+    summaries = [
+        RescoreSummary(p.name, p.loaded.version, model_id, resumed_after=at.last_item_id)
+        for p, at in zip(policies, points, strict=True)
+    ]
+    ruled = [policy_rules(p, rules) for p in policies]
+    seconds = [dict.fromkeys(("load", "score", "results", "write"), 0.0) for _ in policies]
+    t = time.perf_counter()
+    for chunk in iter_item_chunks(store, model_id, after=min(at.last_item_id for at in points), size=chunk_size):
+        load = (time.perf_counter() - t) / len(policies)  # one read for every policy
+        for k, policy in enumerate(policies):
+            if chunk.last_id <= points[k].last_item_id:
+                continue
+            points[k] = _rescore_chunk(
+                store, policy, keys[k], chunk.after(points[k].last_item_id), points[k], ruled[k], seconds[k]
+            )
+            seconds[k]["load"] += load
+        t = time.perf_counter()
+    with store.session() as s:
+        for key, at in zip(keys, points, strict=True):
+            save_checkpoint(s.connection(), *key, at, finished=True)
+    for summary, at, spent in zip(summaries, points, seconds, strict=True):
+        summary.items, summary.missing, summary.decisions_changed = at.items, at.missing, at.decisions_changed
+        summary.actions, summary.seconds = at.actions, spent
+    return summaries
+
+
+def _rescore_chunk(
+    store: Store,
+    policy: CompiledPolicy,
+    key: tuple[str, str, str],
+    chunk: ItemChunk,
+    at: Checkpoint,
+    ruled: Sequence[SecondOpinionRule],
+    seconds: dict[str, float],
+) -> Checkpoint:
+    """Score, judge, encode and store one chunk for one policy; the checkpoint after it."""
     t1 = time.perf_counter()
-    scored = score_matrix(policy, matrix)
+    scored = score_matrix(policy, chunk.matrix)
     t2 = time.perf_counter()
     # One encoded result per distinct embedding, shared by the items with those bytes,
     # except where a second opinion changed an item's own.
-    judged = second_opinions(store, policy, scored, items, policy_rules(policy, rules))
-    per_row = encoded_rows(policy, scored, items.row)
-    pairs = [(item_id, per_row[row]) for item_id, row in zip(items.ids, items.row.tolist(), strict=True)]
+    judged = second_opinions(store, policy, scored, chunk, ruled)
+    per_row = encoded_rows(policy, scored, chunk.row)
+    pairs = [(item_id, per_row[row]) for item_id, row in zip(chunk.ids, chunk.row.tolist(), strict=True)]
     for i, result in judged.items():
-        pairs[i] = (items.ids[i], encode_result(result))
-    summary.actions.update(encoded.action for _, encoded in pairs)
+        pairs[i] = (chunk.ids[i], encode_result(result))
+    actions = Counter(encoded.action for _, encoded in pairs)
     t3 = time.perf_counter()
-    summary.decisions_changed = save_results(store, policy.meta, pairs)
-    summary.items, summary.missing = len(pairs), items.missing
-    summary.seconds = {"load": t1 - t0, "score": t2 - t1, "results": t3 - t2, "write": time.perf_counter() - t3}
-    return summary
+    after = Checkpoint(
+        chunk.last_id, at.items + len(pairs), at.missing + chunk.missing, at.decisions_changed, at.actions + actions
+    )
+
+    def checkpoint(conn: Connection, changed: int) -> None:
+        after.decisions_changed += changed
+        save_checkpoint(conn, *key, after)
+
+    save_results(store, policy.meta, pairs, chunk=True, then=checkpoint)
+    for name, value in (("score", t2 - t1), ("results", t3 - t2), ("write", time.perf_counter() - t3)):
+        seconds[name] += value
+    return after

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from moderator.review import queries
-from moderator.store import outbox
-from moderator.store.tables import Item, Review, ReviewLabel, Verdict
+from moderator.store import outbox, queue_index
+from moderator.store.tables import Item, Review, ReviewLabel, Verdict, utcnow
 from moderator.types import Action
 
 
@@ -82,7 +82,14 @@ def training_labels(d: DecisionIn, flagged: Sequence[tuple[str, str]]) -> list[t
 
 
 def decide(db: Session, item: Item, d: DecisionIn, reviewer: str, via: str) -> Review:
-    """Append one decision on `item` to the audit (the caller commits)."""
+    """Append one decision on `item` to the audit and make it the decision of its bytes: every
+    other place of the content gets a review "same content as item N", later ones arrive
+    decided (store/queue_index.propagate). The caller commits."""
+    return decide_content(db, item, d, reviewer, via)[0]
+
+
+def decide_content(db: Session, item: Item, d: DecisionIn, reviewer: str, via: str) -> tuple[Review, dict[int, Review]]:
+    """decide, also returning the reviews written for the content's other places (item id -> review)."""
     if d.verdict is Verdict.RELABEL and not d.labels:
         raise DecisionError("relabel needs at least one label")
     results = queries.results_of(db, [item.id]).get(item.id, [])
@@ -100,6 +107,7 @@ def decide(db: Session, item: Item, d: DecisionIn, reviewer: str, via: str) -> R
         new_decision=new_decision(d, old),
         labels=labels,
         note=d.note,
+        created_at=utcnow(),
     )
     db.add(review)
     db.flush()
@@ -107,9 +115,18 @@ def decide(db: Session, item: Item, d: DecisionIn, reviewer: str, via: str) -> R
         db.add(ReviewLabel(review_id=review.id, sha256=item.sha256, policy=policy, label=name, positive=positive))
     # Same transaction: review.decided, and item.decided when the current decision changed.
     outbox.record_review(db, item.id, review)
-    return review
+    return review, queue_index.propagate(db, item, review)
 
 
 def decide_many(db: Session, items: Sequence[Item], d: DecisionIn, reviewer: str, via: str) -> list[Review]:
-    """The same decision on several items, in the caller's one transaction."""
-    return [decide(db, item, d, reviewer, via) for item in items]
+    """The same decision on several items, in the caller's one transaction; items whose bytes an
+    earlier one of them had are decided by it (one review each, never two)."""
+    done: dict[int, Review] = {}
+    reviews = []
+    for item in items:
+        if item.id not in done:
+            review, others = decide_content(db, item, d, reviewer, via)
+            done[item.id] = review
+            done.update(others)
+        reviews.append(done[item.id])
+    return reviews

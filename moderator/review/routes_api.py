@@ -6,6 +6,7 @@ token (`Authorization: Bearer ...`).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -70,10 +71,12 @@ class ItemOut(BaseModel):
 
 
 class QueueOut(BaseModel):
-    total: int
+    total: int = Field(description="Exact up to 10,000 (1,000 with a source or date filter): total_capped says more.")
+    total_capped: bool = False
     page: int
     per_page: int
-    items: list[dict[str, Any]]
+    next_cursor: str | None = Field(default=None, description="Pass as `after` for the next page (None: last page).")
+    items: list[dict[str, Any]] = Field(description="One per content: its first item, places and place_list.")
 
 
 class BulkDecisionIn(decisions.DecisionIn):
@@ -207,7 +210,14 @@ def get_queue(db: Db, principal: CurrentUser, filters: Filters) -> QueueOut:
     """Unreviewed items flagged review or block (query: decision, policy, class, tag, source, since, until,
     min_score, max_score, page, per_page)."""
     page = queries.queue(db, filters)
-    return QueueOut(total=page.total, page=page.page, per_page=page.per_page, items=[vars(r) for r in page.rows])
+    return QueueOut(
+        total=page.total,
+        total_capped=page.total_capped,
+        page=page.page,
+        per_page=page.per_page,
+        next_cursor=page.next_cursor,
+        items=[asdict(r) for r in page.rows],
+    )
 
 
 def _decide(db: Session, item_ids: list[int], d: decisions.DecisionIn, principal: Principal) -> list[ReviewOut]:

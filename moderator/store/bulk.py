@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from moderator.decide import PolicyMeta
 from moderator.store.engine import chunks, driver_sql
@@ -84,15 +85,134 @@ def load_embedding_matrix(store: Store, model_id: str) -> EmbeddingMatrix:
         rows = conn.exec_driver_sql(driver_sql(conn, query), (model_id, ItemStatus.OK.value)).all()
     if not rows:
         return EmbeddingMatrix(model_id, [], np.zeros((0, 0), np.float16), np.zeros(1, np.int64))
-    shas, frame_counts, dim_values, blobs = zip(*rows, strict=True)
-    dims = set(dim_values)
+    shas, frame_counts, dims, blobs = zip(*rows, strict=True)
+    return _matrix(model_id, list(shas), frame_counts, set(dims), blobs)
+
+
+def _matrix(
+    model_id: str, shas: list[str], frame_counts: Sequence[int], dims: set[int], blobs: Sequence[bytes]
+) -> EmbeddingMatrix:
     if len(dims) != 1:
         raise ValueError(f"embeddings of {model_id!r} have several dimensions {sorted(dims)}: the store is corrupt")
-    frames = np.fromiter(frame_counts, dtype=np.int64, count=len(rows))
+    frames = np.fromiter(frame_counts, dtype=np.int64, count=len(shas))
     offsets = np.concatenate([[0], np.cumsum(frames)])
     flat = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE)
-    vectors = flat.reshape(int(offsets[-1]), dims.pop()).astype(np.float16, copy=False)
-    return EmbeddingMatrix(model_id, list(shas), vectors, offsets)
+    return EmbeddingMatrix(model_id, shas, flat.reshape(int(offsets[-1]), dims.pop()), offsets)
+
+
+@dataclass(frozen=True)
+class ItemChunk:
+    """A chunk of scored items (status ok, bytes read) in id order, mapped onto the distinct
+    embeddings they hold. Items with no embedding of the model are counted in `missing`."""
+
+    ids: list[int]  # items with an embedding
+    uris: list[str]
+    row: np.ndarray  # int64 [len(ids)]: the matrix row of each item
+    matrix: EmbeddingMatrix  # the chunk's distinct embeddings
+    missing_ids: list[int]  # items with no embedding of the model
+    last_id: int  # the largest item id read (with or without an embedding): the next chunk starts after it
+
+    @property
+    def missing(self) -> int:
+        return len(self.missing_ids)
+
+    def after(self, item_id: int) -> ItemChunk:
+        """The part of the chunk after `item_id` (a policy whose checkpoint lies inside it)."""
+        if item_id < (self.ids[0] if self.ids else self.last_id) and all(i > item_id for i in self.missing_ids):
+            return self
+        keep = [k for k, i in enumerate(self.ids) if i > item_id]
+        return ItemChunk(
+            [self.ids[k] for k in keep],
+            [self.uris[k] for k in keep],
+            self.row[keep],
+            self.matrix,
+            [i for i in self.missing_ids if i > item_id],
+            self.last_id,
+        )
+
+
+CHUNK_ITEMS = 20_000  # items per chunk: ~20 MB of float16 ViT-B-32 embeddings, one transaction each
+_CHUNK_QUERY = (
+    "SELECT i.id, i.uri, i.sha256, e.frames, e.dim, e.vector FROM items i "
+    "LEFT JOIN embeddings e ON e.sha256 = i.sha256 AND e.model_id = ? "
+    "WHERE i.id > ? AND i.status = ? AND i.sha256 IS NOT NULL ORDER BY i.id LIMIT ?"
+)
+
+
+def iter_item_chunks(store: Store, model_id: str, *, after: int = 0, size: int = CHUNK_ITEMS) -> Iterator[ItemChunk]:
+    """The scored items after id `after`, `size` at a time, with
+    their embeddings of `model_id`: one keyset query per chunk (items by primary key joined
+    to embeddings by theirs), each in its own short read, so memory is one chunk's whatever
+    the store's size and no transaction stays open between chunks."""
+    last = after
+    while True:
+        with store.session() as s:
+            conn = s.connection()
+            rows = conn.exec_driver_sql(
+                driver_sql(conn, _CHUNK_QUERY), (model_id, last, ItemStatus.OK.value, size)
+            ).all()
+        if not rows:
+            return
+        yield _chunk(model_id, rows)
+        if len(rows) < size:
+            return
+        last = rows[-1][0]
+
+
+def _chunk(model_id: str, rows: Sequence[Any]) -> ItemChunk:
+    ids_, uris_, shas, frame_counts_, dims_, blobs_ = zip(*rows, strict=True)
+    if None not in blobs_ and len(set(shas)) == len(shas):  # the usual chunk: all embedded, bytes distinct
+        matrix = _matrix(model_id, list(shas), frame_counts_, set(dims_), blobs_)
+        n = len(rows)
+        return ItemChunk(list(ids_), list(uris_), np.arange(n, dtype=np.int64), matrix, [], int(ids_[-1]))
+    index: dict[str, int] = {}
+    ids: list[int] = []
+    uris: list[str] = []
+    where: list[int] = []
+    frame_counts: list[int] = []
+    dims: set[int] = set()
+    blobs: list[bytes] = []
+    missing: list[int] = []
+    for item_id, uri, sha, frames, dim, blob in rows:
+        if blob is None:
+            missing.append(item_id)
+            continue
+        row = index.get(sha)
+        if row is None:
+            row = index[sha] = len(blobs)
+            frame_counts.append(frames)
+            dims.add(dim)
+            blobs.append(blob)
+        ids.append(item_id)
+        uris.append(uri)
+        where.append(row)
+    matrix = (
+        _matrix(model_id, list(index), frame_counts, dims, blobs)
+        if blobs
+        else EmbeddingMatrix(model_id, [], np.zeros((0, 0), np.float16), np.zeros(1, np.int64))
+    )
+    return ItemChunk(ids, uris, np.array(where, dtype=np.int64), matrix, missing, int(rows[-1][0]))
+
+
+def iter_embedding_blocks(store: Store, model_id: str, *, size: int = CHUNK_ITEMS) -> Iterator[EmbeddingMatrix]:
+    """load_embedding_matrix in blocks of `size` embeddings, by sha256 keyset (for indexes built
+    without holding the whole matrix): the same embeddings, in the same order."""
+    query = (
+        "SELECT sha256, frames, dim, vector FROM embeddings WHERE model_id = ? AND sha256 > ? AND sha256 IN "
+        "(SELECT sha256 FROM items WHERE status = ? AND sha256 IS NOT NULL) ORDER BY sha256 LIMIT ?"
+    )
+    last = ""
+    while True:
+        with store.session() as s:
+            conn = s.connection()
+            rows = conn.exec_driver_sql(driver_sql(conn, query), (model_id, last, ItemStatus.OK.value, size)).all()
+        if not rows:
+            return
+        shas, frame_counts, dims, blobs = zip(*rows, strict=True)
+        yield _matrix(model_id, list(shas), frame_counts, set(dims), blobs)
+        if len(rows) < size:
+            return
+        last = shas[-1]
 
 
 @dataclass(frozen=True)
@@ -115,15 +235,25 @@ def load_scored_items(store: Store) -> StoredItems:
     return StoredItems(list(ids), list(uris), list(shas))
 
 
-def stored_actions(store: Store, leave_out: Iterable[str] = ()) -> dict[int, int]:
+def stored_actions(
+    store: Store, leave_out: Iterable[str] = (), item_ids: Sequence[int] | None = None
+) -> dict[int, int]:
     """item id -> the most severe action (as severity) of its stored results, except those of
-    the policies left out; items with no such result are left out."""
+    the policies left out; items with no such result are left out. `item_ids`: only these
+    (a chunk's: one range query, the ids filtered here)."""
     skip = list(leave_out)
     stmt = select(Result.item_id, func.max(severity_sql(Result.action))).group_by(Result.item_id)
     if skip:
         stmt = stmt.where(Result.policy.not_in(skip))
+    if item_ids is not None:
+        if not item_ids:
+            return {}
+        stmt = stmt.where(Result.item_id.between(min(item_ids), max(item_ids)))
     with store.session() as s:
-        return {int(item_id): int(sev) for item_id, sev in s.connection().execute(stmt)}
+        found = {int(item_id): int(sev) for item_id, sev in s.connection().execute(stmt)}
+    if item_ids is None:
+        return found
+    return {i: found[i] for i in item_ids if i in found}
 
 
 def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int]) -> dict[int, list[PolicyResult]]:
@@ -148,18 +278,33 @@ def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int
     return out
 
 
-def save_results(store: Store, meta: PolicyMeta, rows: Sequence[tuple[int, EncodedResult]]) -> int:
+def save_results(
+    store: Store,
+    meta: PolicyMeta,
+    rows: Sequence[tuple[int, EncodedResult]],
+    *,
+    chunk: bool = False,
+    then: Callable[[Connection, int], None] | None = None,
+) -> int:
     """Upsert one policy's results, (item id, encoded result) pairs, and refresh decisions; returns
     decisions changed. `meta` names the policy, its version, scorer and model.
 
-    One transaction. Decisions are refreshed (store/results.py) for the scored items holding
-    a result of this policy, over all their stored results (another writer's count too).
+    One transaction. Decisions are refreshed (store/results.py) over all the items' stored
+    results (another writer's count too): with `chunk`, for the items given (a rescore's
+    chunk), else for every scored item holding a result of this policy. `then` runs last in
+    the same transaction (a rescore moves its checkpoint there: all of it commits, or none).
     """
     head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
     with store.session() as s:
         conn = s.connection()
         upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
-        return refresh_decisions(conn, policy=meta.policy)
+        if chunk:
+            changed = refresh_decisions(conn, item_ids=[item_id for item_id, _ in rows])
+        else:
+            changed = refresh_decisions(conn, policy=meta.policy)
+        if then is not None:
+            then(conn, changed)
+        return changed
 
 
 def embeddings_key(store: Store, model_id: str) -> object:

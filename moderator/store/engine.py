@@ -26,7 +26,12 @@ CHUNK = 500
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Every module that maps tables onto Base: autogenerate, and the test that the migrations
 # build exactly these tables, only see imported modules.
-TABLE_MODULES = ("moderator.store.tables",)
+TABLE_MODULES = (
+    "moderator.store.tables",
+    "moderator.store.runs",  # rescore checkpoints (issue 17)
+    "moderator.store.queue_index",  # the indexed review queue, decisions per content (issues 17, 18)
+    "moderator.store.review_work",  # appeals, review leases (issue 18)
+)
 # Any fixed number: serialises concurrent upgrades (several workers starting at once).
 _PG_LOCK_KEY = 0x6D6F6465
 # Source metadata may hold datetimes and the like: store their text, never fail a batch on it.

@@ -7,13 +7,15 @@ round trips: one statement per table per batch, never a SELECT per row.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypedDict
 
 import numpy as np
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -159,68 +161,61 @@ class Store:
         the same, and dropped when its sha256 changed (they judged other bytes). The
         item's decision is the most severe action over all its stored results. A uri
         given twice keeps its last record.
+
+        Rows are written in uri order (results in (item, policy) order): concurrent writers
+        of overlapping batches then take row locks in the same order and never deadlock.
         """
         latest = {r.uri: r for r in records}
         if not latest:
             return
         now = utcnow()
-        item_rows = [
-            {
-                "uri": r.uri,
-                "sha256": r.sha256,
-                "size": r.size,
-                "fingerprint": r.fingerprint,
-                "status": r.status,
-                "error": r.error,
-                "meta": r.meta,
-                "decision": None if r.status is ItemStatus.OK else r.decision,  # set by the refresh
-                "job_id": r.job_id,
-                "error_reason": r.error_reason,
-                "external_id": r.external_id,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for r in latest.values()
-        ]
-        items = self._insert(Item)
-        refreshed = (
-            "sha256",
-            "size",
-            "fingerprint",
-            "status",
-            "error",
-            "error_reason",
-            "meta",
-            "job_id",
-            "updated_at",
-        )
-        kept_unless_given: dict[str, Any] = {
-            "external_id": func.coalesce(items.excluded.external_id, items.table.c.external_id)
-        }
-        # issue 14 (B): a scored item's decision is written by refresh_decisions alone, so each
-        # change there is one item.decided event (store/outbox.py); other statuses take the record's.
-        kept_unless_given["decision"] = case(
-            (items.excluded.status == ItemStatus.OK.value, items.table.c.decision), else_=items.excluded.decision
-        )
-        upsert_items = items.on_conflict_do_update(
-            index_elements=["uri"], set_={**{c: items.excluded[c] for c in refreshed}, **kept_unless_given}
-        ).returning(items.table.c.id, items.table.c.uri)
+        ordered = [latest[uri] for uri in sorted(latest)]
         with self.session() as s:
             conn = s.connection()
-            stored = conn.execute(select(Item.uri, Item.sha256).where(Item.uri.in_(list(latest))))
-            before = {uri: sha for uri, sha in stored}
-            ids = {row.uri: row.id for row in conn.execute(upsert_items, item_rows)}
-            results = [
+            if self.dialect == "postgresql":
+                saved = _upsert_items_pg(conn, ordered, now)
+            else:
+                saved = self._upsert_items(conn, ordered, now)
+            ids = {uri: item_id for uri, (item_id, _) in saved.items()}
+            results = sorted(
                 (ids[r.uri], res.policy, res.policy_version, res.scorer, res.model_id, *encode_result(res))
-                for r in latest.values()
+                for r in ordered
                 for res in {res.policy: res for res in r.results}.values()
-            ]
+            )
             upsert_results(conn, results, now)
-            for uri, record in latest.items():
-                if uri in before and before[uri] != record.sha256:
-                    kept = [res.policy for res in record.results]
-                    conn.execute(delete(Result).where(Result.item_id == ids[uri], Result.policy.not_in(kept)))
-            refresh_decisions(conn, item_ids=[ids[u] for u, r in latest.items() if r.status is ItemStatus.OK])
+            # New bytes at a known uri: drop the results of policies the record does not name,
+            # one DELETE per set of named policies (a scan names the same ones for every item).
+            stale: dict[tuple[str, ...], list[int]] = {}
+            for r in ordered:
+                item_id, old_sha = saved[r.uri]
+                if old_sha is not _NEW and old_sha != r.sha256:
+                    stale.setdefault(tuple(sorted({res.policy for res in r.results})), []).append(item_id)
+            for kept, stale_ids in stale.items():
+                for chunk in chunks(stale_ids):
+                    conn.execute(delete(Result).where(Result.item_id.in_(chunk), Result.policy.not_in(kept)))
+            refresh_decisions(conn, item_ids=sorted(ids[r.uri] for r in ordered if r.status is ItemStatus.OK))
+
+    def _upsert_items(
+        self, conn: Connection, ordered: Sequence[ItemRecord], now: datetime
+    ) -> dict[str, tuple[int, Any]]:
+        """SQLite: uri -> (id, stored sha256 before, or _NEW): a SELECT, then one executemany upsert."""
+        items = self._insert(Item)
+        kept_unless_given: dict[str, Any] = {
+            "external_id": func.coalesce(items.excluded.external_id, items.table.c.external_id),
+            # issue 14 (B): a scored item's decision is written by refresh_decisions alone, so each
+            # change there is one item.decided event (store/outbox.py); other statuses take the record's.
+            "decision": case(
+                (items.excluded.status == ItemStatus.OK.value, items.table.c.decision), else_=items.excluded.decision
+            ),
+        }
+        upsert = items.on_conflict_do_update(
+            index_elements=["uri"], set_={**{c: items.excluded[c] for c in _REFRESHED}, **kept_unless_given}
+        ).returning(items.table.c.id, items.table.c.uri)
+        before: dict[str, Any] = {}
+        for chunk in chunks([r.uri for r in ordered]):
+            before.update((u, sha) for u, sha in conn.execute(select(Item.uri, Item.sha256).where(Item.uri.in_(chunk))))
+        rows = [{**_item_row(r), "created_at": now, "updated_at": now} for r in ordered]
+        return {row.uri: (row.id, before.get(row.uri, _NEW)) for row in conn.execute(upsert, rows)}
 
     def mark_deleted(self, uri: str, *, job_id: str | None = None) -> bool:
         """Record that the source object is gone (results are kept); False if the uri is unknown."""
@@ -272,9 +267,16 @@ class Store:
                     "created_at": now,
                 }
             )
-        stmt = self._insert(Embedding).on_conflict_do_nothing(index_elements=["sha256", "model_id"])
+        rows.sort(key=lambda row: row["sha256"])  # one lock order for concurrent writers
         with self.session() as s:
-            s.connection().execute(stmt, rows)
+            conn = s.connection()
+            if self.dialect == "postgresql":
+                # COPY, then one INSERT (measured 10-13k rows/s, the executemany 7.5-13k, unnest() 3.5-5k).
+                _stage(conn, _EMBEDDINGS_IN, ([r[c] for c in _EMBEDDING_COLUMNS] for r in rows))
+                conn.exec_driver_sql(_PG_INSERT_EMBEDDINGS, (model_id, now))
+            else:
+                stmt = self._insert(Embedding).on_conflict_do_nothing(index_elements=["sha256", "model_id"])
+                conn.execute(stmt, rows)
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -337,6 +339,16 @@ class Store:
                 by_decision={str(decision): n for decision, n in by_decision},
             )
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics after a bulk write (rescore, a large fill): without
+        them PostgreSQL plans from stale row counts (seen: 401 rows estimated for 7,761)."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("ANALYZE")
+            else:
+                conn.exec_driver_sql("PRAGMA optimize=0x10002")  # ANALYZE where statistics are stale
+            conn.commit()
+
     # -- fingerprints --------------------------------------------------------------------
 
     def update_fingerprints(self, mapping: dict[str, str]) -> None:
@@ -350,3 +362,86 @@ class Store:
         stmt = update(table).where(table.c.uri == bindparam("b_uri")).values(fingerprint=bindparam("b_fingerprint"))
         with self.session() as s:
             s.connection().execute(stmt, [{"b_uri": u, "b_fingerprint": f} for u, f in mapping.items()])
+
+
+# -- PostgreSQL: the rows of a batch by COPY, then one statement per table -----------------------------
+
+_NEW = object()  # the "stored sha256 before" of an item the batch inserts
+_REFRESHED = ("sha256", "size", "fingerprint", "status", "error", "error_reason", "meta", "job_id", "updated_at")
+_ITEM_COLUMNS = (
+    *("uri", "sha256", "size", "fingerprint", "status", "error", "meta"),
+    *("decision", "job_id", "error_reason", "external_id"),
+)
+_META_JSON = json.JSONEncoder(default=str, ensure_ascii=False)  # the engine's json_serializer, once
+# The rows of a batch are COPYed into a temp table of the session (emptied at commit), then one
+# statement upserts them all: measured 2-3x faster than one unnest(arrays) statement and than
+# an executemany (which runs the statement once per row on the server), with far less client CPU.
+_ITEMS_IN = "moderator_items_in ({})".format(
+    ", ".join(f"{c} {'bigint' if c == 'size' else 'text'}" for c in _ITEM_COLUMNS)
+)
+_EMBEDDING_COLUMNS = ("sha256", "frames", "dim", "vector")
+_EMBEDDINGS_IN = "moderator_embeddings_in (sha256 text, frames int, dim int, vector bytea)"
+# `before` reads the snapshot the INSERT starts from: the sha256 each known uri had. The rows go
+# in the order they were copied (sorted by uri).
+_PG_UPSERT_ITEMS = f"""
+WITH before AS (
+    SELECT i.uri, i.sha256 FROM items i JOIN moderator_items_in g ON g.uri = i.uri
+), up AS (
+    INSERT INTO items AS i ({", ".join(_ITEM_COLUMNS)}, created_at, updated_at)
+    SELECT {", ".join("meta::jsonb" if c == "meta" else c for c in _ITEM_COLUMNS)}, %s, %s FROM moderator_items_in
+    ON CONFLICT (uri) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _REFRESHED)},
+        external_id = COALESCE(excluded.external_id, i.external_id),
+        decision = CASE WHEN excluded.status = '{ItemStatus.OK.value}' THEN i.decision ELSE excluded.decision END
+    RETURNING i.id, i.uri
+)
+SELECT up.id, up.uri, before.uri IS NOT NULL, before.sha256 FROM up LEFT JOIN before ON before.uri = up.uri
+"""
+_PG_INSERT_EMBEDDINGS = """
+INSERT INTO embeddings (sha256, model_id, frames, dim, vector, created_at)
+SELECT sha256, %s, frames, dim, vector, %s FROM moderator_embeddings_in
+ON CONFLICT (sha256, model_id) DO NOTHING
+"""
+
+
+def _stage(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows into a temp table of this session, in this transaction (ON COMMIT DELETE ROWS)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    name = table.split()[0]
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ON COMMIT DELETE ROWS")
+    cursor.execute(f"DELETE FROM {name}")  # rows an earlier call of this transaction left
+    with cursor.copy(f"COPY {name} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _item_row(r: ItemRecord) -> dict[str, Any]:
+    return {
+        "uri": r.uri,
+        "sha256": r.sha256,
+        "size": r.size,
+        "fingerprint": r.fingerprint,
+        "status": r.status,
+        "error": r.error,
+        "meta": r.meta,
+        "decision": None if r.status is ItemStatus.OK else r.decision,  # set by the refresh
+        "job_id": r.job_id,
+        "error_reason": r.error_reason,
+        "external_id": r.external_id,
+    }
+
+
+def _upsert_items_pg(conn: Connection, ordered: Sequence[ItemRecord], now: datetime) -> dict[str, tuple[int, Any]]:
+    """PostgreSQL: uri -> (id, stored sha256 before, or _NEW): a COPY and one statement."""
+
+    def rows() -> Iterator[list[Any]]:
+        for r in ordered:
+            row = _item_row(r)
+            row["status"] = r.status.value
+            row["meta"] = _META_JSON.encode(r.meta)
+            if row["decision"] is not None:
+                row["decision"] = row["decision"].value
+            yield [row[c] for c in _ITEM_COLUMNS]
+
+    _stage(conn, _ITEMS_IN, rows())
+    saved = conn.exec_driver_sql(_PG_UPSERT_ITEMS, (now, now))
+    return {uri: (item_id, sha if known else _NEW) for item_id, uri, known, sha in saved}

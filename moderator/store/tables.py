@@ -20,6 +20,7 @@ from sqlalchemy import (
     Dialect,
     Enum,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -166,6 +167,12 @@ class Embedding(Base):
     frames: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # issue 17 (migration 0010): insertion order, so the search index (engine/ann.py) knows what it
+    # holds and sees new rows by one index probe. An identity on PostgreSQL; on SQLite a trigger
+    # sets it to the rowid (SQLite only auto-increments a primary key).
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+
+    __table_args__ = (Index(None, "model_id", "seq"),)
 
 
 class Result(Base):

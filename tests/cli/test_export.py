@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from moderator.cli import app
 from moderator.pipeline import Pipeline
 from moderator.settings import Settings
-from moderator.store import Store
+from moderator.store import ExportRow, Store
 from tests.conftest import CLIP_POLICIES
 
 runner = CliRunner()
@@ -65,7 +66,7 @@ def test_parquet_has_typed_columns_matching_the_store(scanned: Settings, tmp_pat
     for record in table.to_pylist():
         expected = by_uri[record["uri"]]
         assert record["tags"] == expected["tags"] and record["status"] == expected["status"]
-        for policy, scores in expected["scores"].items():  # type: ignore[union-attr]
+        for policy, scores in expected["scores"].items():  # type: ignore[attr-defined]
             assert record[f"version.{policy}"] == expected["policy_versions"][policy]  # type: ignore[index]
             for name, score in scores.items():
                 assert record[f"score.{policy}.{name}"] == score
@@ -119,3 +120,62 @@ def test_a_scan_creates_the_store_and_says_where_then_export_reads_it(tmp_path: 
     assert f"store: {db}" in result.stderr
     assert json.loads(result.stdout)["scanned"] == 6
     assert len(jsonl(settings)) == 6
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def item_reads(statements: list[str]) -> list[str]:
+    return [s for s in statements if "FROM items" in s]
+
+
+@pytest.mark.parametrize("format", ["jsonl", "csv", "parquet"])
+def test_export_reads_each_item_once_a_chunk_at_a_time(
+    scanned: Settings, tmp_path: Path, statements: list[str], monkeypatch: pytest.MonkeyPatch, format: str
+) -> None:
+    from moderator.store import export as store_export
+
+    target = ["--out", str(tmp_path / f"items.{format}")] if format == "parquet" else []
+    statements.clear()
+    whole = export(scanned, "--format", format, *target)
+    assert len(item_reads(statements)) == 1  # one pass: 7 items, one chunk
+    monkeypatch.setattr(store_export, "EXPORT_CHUNK", 3)
+    statements.clear()
+    again = export(scanned, "--format", format, *target)
+    reads = item_reads(statements)
+    assert len(reads) == 3 and all("LIMIT" in s for s in reads)  # 3 + 3 + 1 items, each read once
+    assert again == whole
+
+
+def test_jsonl_rows_are_the_stores_export_rows(scanned: Settings, store: Store) -> None:
+    """The one-pass columns give what Store.iter_export (one ExportRow per item) gives."""
+
+    def as_json(row: object) -> dict[str, object]:
+        data = {k: getattr(row, k) for k in row.__dataclass_fields__}  # type: ignore[attr-defined]
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+            elif hasattr(value, "value"):
+                data[key] = value.value
+        return json.loads(json.dumps(data, sort_keys=True))  # type: ignore[no-any-return]
+
+    expected = [as_json(r) for r in store.iter_export()]
+    assert any(r["tags"] for r in expected) and any(r["flags"] or r["fired"] for r in expected)
+    assert jsonl(scanned) == expected
+    table = list(csv.DictReader(io.StringIO(export(scanned, "--format", "csv"))))
+    assert list(table[0]) == list(ExportRow.__dataclass_fields__)  # the columns, in ExportRow's order
+    assert [r["uri"] for r in table] == [r["uri"] for r in expected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from alembic import command
@@ -84,3 +85,80 @@ def test_stores_opened_at_once_on_an_empty_database_all_work(empty_db_url: str) 
     with engine.connect() as conn:
         assert current_revisions(conn) == head_revisions()
     engine.dispose()
+
+
+def test_0009_backfills_the_queue_and_content_decisions_from_a_0007_store(empty_db_url: str) -> None:
+    """A store written by the release before the indexed queue: its flagged items are queued once
+    per content, and a content a reviewer decided stays out of the queue."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import bindparam, text
+
+    from moderator.store.engine import create_store_engine, normalise_url
+    from moderator.store.tables import UTCDateTime
+
+    engine = create_store_engine(normalise_url(empty_db_url), create=True)  # makes the SQLite folder
+    pg = engine.dialect.name == "postgresql"
+    js = "CAST(:{} AS JSONB)" if pg else ":{}"
+    now = bindparam("now", type_=UTCDateTime())
+    item = text(
+        "INSERT INTO items (id, uri, sha256, status, meta, decision, created_at, updated_at, event_seq) "
+        "VALUES (:id, :uri, :sha, 'ok', '{}', :decision, :now, :now, 0)"
+    ).bindparams(now)
+    result = text(
+        "INSERT INTO results (item_id, policy, policy_version, scorer, model_id, action, scores, fired, tags, "
+        f"created_at) VALUES (:item, 'nsfw', 'v1', 'clip', 'm', :action, {js.format('scores')}, "
+        f"{js.format('fired')}, {js.format('tags')}, :now)"
+    ).bindparams(now)
+    review = text(
+        "INSERT INTO reviews (item_uri, item_sha256, reviewer, via, verdict, old_decision, new_decision, labels, "
+        f"note, created_at) VALUES (:uri, :sha, 'rita', 'web', 'dismiss', 'review', 'allow', {js.format('labels')}, "
+        "'', :now)"
+    ).bindparams(now)
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    sha = {k: k * 64 for k in "abcd"}
+    items = [(1, "/a.jpg", "a", "review", 0.6), (2, "/b.jpg", "a", "review", 0.55), (3, "/c.jpg", "b", "block", 0.9)]
+    items += [(4, "/d.jpg", "c", "review", 0.5), (5, "/e.jpg", "d", "allow", 0.1)]
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(connection=conn), "0007")
+            for iid, uri, key, decision, score in items:
+                conn.execute(item, {"id": iid, "uri": uri, "sha": sha[key], "decision": decision, "now": at})
+                fired = [] if decision == "allow" else [{"name": "x", "action": decision, "score": score}]
+                conn.execute(
+                    result,
+                    {
+                        "item": iid,
+                        "action": decision,
+                        "scores": json.dumps({"x": score}),
+                        "fired": json.dumps(fired),
+                        "tags": json.dumps(["outdoor"] if iid == 2 else []),
+                        "now": at,
+                    },
+                )
+            conn.execute(review, {"uri": "/d.jpg", "sha": sha["c"], "labels": "[]", "now": at})
+            command.upgrade(alembic_config(connection=conn), "0009")
+            queued = conn.execute(
+                text("SELECT sha256, decision, top_score, item_id, items FROM queue_contents ORDER BY sha256")
+            ).all()
+            facets = conn.execute(text("SELECT facet, sha256 FROM queue_facets ORDER BY facet, sha256")).all()
+            places = conn.execute(text("SELECT item_id FROM queue_places ORDER BY item_id")).scalars().all()
+            decided = conn.execute(text("SELECT sha256, decision, item_id FROM content_decisions")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in queued] == [(sha["a"], "review", 0.6, 1, 2), (sha["b"], "block", 0.9, 3, 1)]
+    assert ("t:outdoor", sha["a"]) in facets and ("p:nsfw", sha["b"]) in facets and ("c:x", sha["a"]) in facets
+    assert places == [1, 2, 3]
+    assert [tuple(r) for r in decided] == [(sha["c"], "allow", 4)]
+
+    store = Store(empty_db_url)  # and on to head: the queue reads what was backfilled
+    try:
+        from sqlalchemy.orm import Session
+
+        from moderator.review import queries
+
+        with Session(store.engine) as db:
+            page = queries.queue(db, queries.QueueFilters())
+        assert [(r.id, r.places) for r in page.rows] == [(3, 1), (1, 2)]
+    finally:
+        store.close()

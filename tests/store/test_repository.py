@@ -337,3 +337,43 @@ def test_a_scan_and_a_bulk_write_refresh_decisions_alike(store: Store) -> None:
     with store.session() as s:
         rows = s.execute(select(Result.action, Result.scores, Result.fired, Result.tags).where(Result.policy == "nsfw"))
         assert len({tuple(map(str, r)) for r in rows}) == 1
+
+
+def test_new_bytes_in_one_batch_keep_only_the_results_each_record_names(store: Store) -> None:
+    # The stale results of a batch are dropped per set of named policies: two sets, one batch.
+    three = (result("nsfw", fired=(NUDE,)), result("tags", fired=(CAT,)), result("violence"))
+    store.save_items([record(f"/h{i}.jpg", *three) for i in range(4)])
+    store.save_items(
+        [
+            record("/h0.jpg", result("tags"), sha256=sha("new 0")),
+            record("/h1.jpg", result("nsfw"), result("violence"), sha256=sha("new 1")),
+            record("/h2.jpg", result("tags")),  # the same bytes: the other results stay
+            record("/h3.jpg", result("tags"), sha256=sha("new 3")),
+        ]
+    )
+    kept = {r.uri: set(r.policy_versions) for r in store.iter_export(ExportFilters())}
+    assert kept == {
+        "/h0.jpg": {"tags"},
+        "/h1.jpg": {"nsfw", "violence"},
+        "/h2.jpg": {"nsfw", "tags", "violence"},
+        "/h3.jpg": {"tags"},
+    }
+
+
+def test_a_batch_writes_its_own_rows_only(store: Store) -> None:
+    # The rows are staged (a temp table of the pooled session on PostgreSQL): a later batch must not
+    # write an earlier one's rows again (their updated_at would move).
+    def updated() -> dict[str, datetime]:
+        with store.session() as s:
+            return {uri: at for uri, at in s.execute(select(Item.uri, Item.updated_at))}
+
+    store.save_items([record(f"/p0-{i}.jpg", result("nsfw"), result("tags")) for i in range(CHUNK + 1)])
+    store.save_embeddings({sha(f"/p0-{i}"): np.ones(4, np.float16) for i in range(3)}, "m")
+    first = updated()
+    time.sleep(0.01)
+    store.save_items([record(f"/p1-{i}.jpg", result("nsfw"), result("tags")) for i in range(CHUNK + 1)])
+    store.save_embeddings({sha(f"/p1-{i}"): np.ones(4, np.float16) for i in range(3)}, "m")
+    after = updated()
+    assert {u: after[u] for u in first} == first
+    counts = store.counts()
+    assert (counts["items"], counts["results"], counts["embeddings"]) == (2 * (CHUNK + 1), 4 * (CHUNK + 1), 6)
