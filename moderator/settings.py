@@ -464,6 +464,61 @@ class Settings(BaseSettings):
         description="Only NCMEC entries from these members (ESP ids, a JSON list); empty: every member's.",
     )
 
+    # issue 18: review work (leases, undo, hash list from a block; moderator/review/leases.py, appeals.py)
+    review_lease_s: int = Field(
+        300,
+        ge=10,
+        le=86_400,
+        description="How long opening or claiming a content holds it for a reviewer (renewed while the page is open).",
+    )
+    review_undo_s: int = Field(
+        600, ge=0, le=86_400, description="For how long after a decision its reviewer may undo it (0: never)."
+    )
+    review_hash_list: str = Field(
+        "known_bad",
+        min_length=1,
+        max_length=255,
+        description=(
+            "The hash list a reviewer's block adds a content to when asked (a list NAME as `hashlist add --list`"
+            " takes it): known_bad is the one the shipped known_bad and known_bad_similar policies read."
+        ),
+    )
+
+    # issue 17 (search at scale): the on-disk approximate search index (moderator/engine/ann.py)
+    search_index_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the approximate search index (one sub-folder per model; memory-mapped, shared by every"
+            " process on the machine). Default: `<store file>.search/` next to a SQLite store, else"
+            " `search-index/` in the user data folder."
+        ),
+    )
+    search_exact_below: int = Field(
+        50_000,
+        ge=0,
+        description=(
+            "Stores with fewer embeddings of a model than this are searched exactly (no index on disk); larger"
+            " ones through the approximate index (`moderator search --reindex` builds it; built on first use)."
+        ),
+    )
+    search_quantization: Literal["f16", "i8", "f32"] = Field(
+        "f16", description="How the approximate index stores vectors (i8 halves its size, at some recall)."
+    )
+    search_expansion: int = Field(
+        128,
+        ge=16,
+        le=4096,
+        description="HNSW candidates looked at per query (more: better recall, slower); recall@20 >= 0.95 at 128.",
+    )
+    search_delta_max: int = Field(
+        20_000,
+        ge=100,
+        description=(
+            "Embeddings newer than the index kept searched exactly in memory; past it they are added to the index"
+            " on disk as a new segment (under a file lock, swapped in atomically)."
+        ),
+    )
+
     @field_validator("policies", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:

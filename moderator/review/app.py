@@ -23,6 +23,7 @@ from moderator.review import (
     routes_admin,
     routes_api,
     routes_auth,
+    routes_dashboard,
     routes_meta,
     routes_moderate,
     routes_pages,
@@ -178,8 +179,16 @@ def create_app(settings: Settings, store: Any = None, *, deliver: bool = False) 
     app.add_exception_handler(RequestValidationError, _validation_error)
     for module in (routes_meta, routes_auth, routes_pages, routes_admin, routes_api, search_routes, routes_moderate):
         app.include_router(module.router)
+    app.include_router(routes_dashboard.router)  # issue 18: GET /dashboard
+    app.include_router(search_routes.pages)  # issue 18: GET/POST /search, the search page
     app.include_router(routes_tokens.pages)
     app.include_router(routes_tokens.api)
+    from moderator.review import routes_appeals, routes_work  # issue 18: leases, undo, hash list, appeals
+
+    app.include_router(routes_work.api)
+    app.include_router(routes_work.pages)
+    app.include_router(routes_appeals.api)
+    app.include_router(routes_appeals.pages)
     _include_webhook(app, settings)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)

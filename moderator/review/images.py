@@ -86,3 +86,37 @@ def frame_strip(meta: dict[str, Any] | None, results: Iterable[Any]) -> list[dic
     fired.sort(key=lambda f: (_SEVERITY.get(str(f.get("action")), 0), float(f.get("score") or 0)), reverse=True)
     worst = next((float(m.group(1)) for f in fired if (m := _AT.search(str(f.get("evidence") or "")))), None)
     return [{"at": t, "worst": worst is not None and abs(float(t) - worst) < 1e-6} for t in times]
+
+
+def why_unavailable(exc: BaseException, uri: str) -> str:
+    """One sentence for a reviewer on why the server could not render an item's image (the 404's detail).
+
+    Source messages start with the uri (the page already shows it) and are kept otherwise: they say
+    what an operator must fix (e.g. the S3 permission the server lacks)."""
+    from moderator.decode import DecodeError
+    from moderator.errors import SourceError
+
+    text = " ".join(str(exc).split())
+    if text.startswith(f"{uri}: "):
+        text = text[len(uri) + 2 :]
+    if isinstance(exc, SourceError):
+        where = "the S3 object" if uri.startswith("s3://") else "the source"
+        return f"the server cannot read {where}: {text}"
+    if isinstance(exc, FileNotFoundError):
+        return "the file is no longer at this path"
+    if isinstance(exc, PermissionError):
+        return "the server may not read this file (permission denied)"
+    if isinstance(exc, DecodeError):
+        return f"its bytes cannot be decoded as an image ({exc.reason}): {text}"
+    if isinstance(exc, IndexError):
+        return f"no such frame: {text}"
+    if isinstance(exc, ValueError) and "no source can read" in text:
+        return "the server cannot find it: the file is gone, or no source reads this address"
+    return f"the server could not render it ({type(exc).__name__})"
+
+
+def known_unavailable(status: str | None, error: str | None) -> str | None:
+    """Why the image cannot be shown, when the stored item already says so (no read tried)."""
+    if status == "deleted":
+        return "the source object was deleted" + (f": {error}" if error else "")
+    return None

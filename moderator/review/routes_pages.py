@@ -11,9 +11,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
 from moderator.actions.s3 import current_uri
-from moderator.review import decisions, queries
+from moderator.review import decisions, queries, svg
 from moderator.review.auth import CurrentUser, Db, settings_of
-from moderator.review.images import frame_strip, load_thumbnail, load_video_frame
+from moderator.review.humane import describe, score_rows
+from moderator.review.images import frame_strip, known_unavailable, load_thumbnail, load_video_frame, why_unavailable
 from moderator.review.links import safe_next
 from moderator.review.params import DbId, ItemId
 from moderator.review.templates import render
@@ -57,6 +58,10 @@ def item_page(request: Request, item_id: ItemId, principal: CurrentUser, db: Db)
         principal,
         item=item,
         results=results,
+        about=describe(item),
+        scores={r.policy: score_rows(r) for r in results},
+        score_bar=svg.score_bar,
+        unavailable=known_unavailable(str(item.status), item.error),
         frames=frame_strip(item.meta, results),
         history=past,
         current=decisions.current_decision(item, past[0] if past else None),
@@ -101,8 +106,8 @@ async def _jpeg_of(
     try:
         uri = await _bytes_uri(request, item.uri)
         body = await run_in_threadpool(make, uri, settings_of(request), side)
-    except Exception as e:  # unreadable source, undecodable image or video, no such frame
-        raise HTTPException(404, f"{what} unavailable: {type(e).__name__}") from None
+    except Exception as e:  # unreadable source, undecodable image or video, no such frame: the page says why
+        raise HTTPException(404, why_unavailable(e, item.uri)) from None
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 

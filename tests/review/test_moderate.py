@@ -385,6 +385,10 @@ CLIENT_MAY = {
     ("POST", "/api/moderate"),
     ("GET", "/api/items"),
     ("GET", "/api/items/{item_id}"),
+    # issue 18: a platform opens appeals on its own items and reads their outcome
+    ("POST", "/api/items/{item_id}/appeals"),
+    ("GET", "/api/appeals"),
+    ("GET", "/api/appeals/{appeal_id}"),
     ("GET", "/api/tokens"),
     ("DELETE", "/api/tokens/{token_id}"),
     ("GET", "/account"),
