@@ -9,7 +9,7 @@ first --writer-items of those items are written by 1 writer and by --writers pro
 once (disjoint batches) into a scratch store beside URL (a schema of its own on PostgreSQL,
 dropped afterwards): fill_1_writer vs fill_4_writers, the same items, the same run.
 
-Then each command runs as its own subprocess (peak RSS from os.wait4): rescore of the three
+Then each command runs as its own subprocess (peak RSS from /usr/bin/time -f %M): rescore of the three
 policies, `policy diff` of a threshold edit, `export --format parquet`, `search --reindex`
 (when the CLI has it) and one `search`; `moderator serve` answers the queue (first page,
 ?tag=selfie, a page --deep-pages pages down by cursor; medians of 5) and /api/search by a
