@@ -194,27 +194,6 @@ def _chunk(model_id: str, rows: Sequence[Any]) -> ItemChunk:
     return ItemChunk(ids, uris, np.array(where, dtype=np.int64), matrix, missing, int(rows[-1][0]))
 
 
-def iter_embedding_blocks(store: Store, model_id: str, *, size: int = CHUNK_ITEMS) -> Iterator[EmbeddingMatrix]:
-    """load_embedding_matrix in blocks of `size` embeddings, by sha256 keyset (for indexes built
-    without holding the whole matrix): the same embeddings, in the same order."""
-    query = (
-        "SELECT sha256, frames, dim, vector FROM embeddings WHERE model_id = ? AND sha256 > ? AND sha256 IN "
-        "(SELECT sha256 FROM items WHERE status = ? AND sha256 IS NOT NULL) ORDER BY sha256 LIMIT ?"
-    )
-    last = ""
-    while True:
-        with store.session() as s:
-            conn = s.connection()
-            rows = conn.exec_driver_sql(driver_sql(conn, query), (model_id, last, ItemStatus.OK.value, size)).all()
-        if not rows:
-            return
-        shas, frame_counts, dims, blobs = zip(*rows, strict=True)
-        yield _matrix(model_id, list(shas), frame_counts, set(dims), blobs)
-        if len(rows) < size:
-            return
-        last = shas[-1]
-
-
 @dataclass(frozen=True)
 class StoredItems:
     """Scored items (status ok, bytes read), in id order."""

@@ -9,7 +9,7 @@ import importlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -231,3 +231,16 @@ def upgrade(engine: Engine) -> None:
             if sqlite:
                 conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                 conn.commit()
+
+
+def copy_to_temp_table(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL: COPY rows into the temp table `table` ("name (column type, ...)") of this session,
+    created when missing, emptied at commit (ON COMMIT DELETE ROWS) and of what an earlier call of
+    this transaction left. Bulk writers then upsert from it in one statement (issue 17)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    name = table.split()[0]
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ON COMMIT DELETE ROWS")
+    cursor.execute(f"DELETE FROM {name}")
+    with cursor.copy(f"COPY {name} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)

@@ -24,6 +24,7 @@ from moderator.store.engine import (
     check_file_exists,
     check_schema_exists,
     chunks,
+    copy_to_temp_table,
     create_store_engine,
     location,
     normalise_url,
@@ -272,7 +273,7 @@ class Store:
             conn = s.connection()
             if self.dialect == "postgresql":
                 # COPY, then one INSERT (measured 10-13k rows/s, the executemany 7.5-13k, unnest() 3.5-5k).
-                _stage(conn, _EMBEDDINGS_IN, ([r[c] for c in _EMBEDDING_COLUMNS] for r in rows))
+                copy_to_temp_table(conn, _EMBEDDINGS_IN, ([r[c] for c in _EMBEDDING_COLUMNS] for r in rows))
                 conn.exec_driver_sql(_PG_INSERT_EMBEDDINGS, (model_id, now))
             else:
                 stmt = self._insert(Embedding).on_conflict_do_nothing(index_elements=["sha256", "model_id"])
@@ -403,17 +404,6 @@ ON CONFLICT (sha256, model_id) DO NOTHING
 """
 
 
-def _stage(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
-    """COPY rows into a temp table of this session, in this transaction (ON COMMIT DELETE ROWS)."""
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    name = table.split()[0]
-    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ON COMMIT DELETE ROWS")
-    cursor.execute(f"DELETE FROM {name}")  # rows an earlier call of this transaction left
-    with cursor.copy(f"COPY {name} FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
 def _item_row(r: ItemRecord) -> dict[str, Any]:
     return {
         "uri": r.uri,
@@ -442,6 +432,6 @@ def _upsert_items_pg(conn: Connection, ordered: Sequence[ItemRecord], now: datet
                 row["decision"] = row["decision"].value
             yield [row[c] for c in _ITEM_COLUMNS]
 
-    _stage(conn, _ITEMS_IN, rows())
+    copy_to_temp_table(conn, _ITEMS_IN, rows())
     saved = conn.exec_driver_sql(_PG_UPSERT_ITEMS, (now, now))
     return {uri: (item_id, sha if known else _NEW) for item_id, uri, known, sha in saved}

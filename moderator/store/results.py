@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from moderator.decide import ACTIONS
 from moderator.store import queue_index
-from moderator.store.engine import chunks, driver_sql
+from moderator.store.engine import chunks, copy_to_temp_table, driver_sql
 from moderator.store.outbox import emit_decided
 from moderator.store.tables import Item, Result, table_of, utcnow
 from moderator.types import Action, ItemStatus, PolicyResult
@@ -132,20 +132,14 @@ def upsert_results(conn: Connection, rows: Iterable[tuple[Any, ...]], now: datet
     if conn.dialect.name == "postgresql":
         # issue 17: COPY into a temp table of the session, then one INSERT ... SELECT in the rows'
         # order: measured 1.5x faster than an executemany (a run per row) at a tenth of its client CPU.
-        staged = "moderator_results_in"
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        text = ", ".join(f"{c} {'bigint' if c == 'item_id' else 'text'}" for c in _COLUMNS)
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {staged} ({text}, created_at timestamptz) ON COMMIT DELETE ROWS"
+        staged = "moderator_results_in ({}, created_at timestamptz)".format(
+            ", ".join(f"{c} {'bigint' if c == 'item_id' else 'text'}" for c in _COLUMNS)
         )
-        cursor.execute(f"DELETE FROM {staged}")  # rows an earlier call of this transaction left
-        with cursor.copy(f"COPY {staged} FROM STDIN") as copy:
-            for param in params:
-                copy.write_row(param)
+        copy_to_temp_table(conn, staged, params)
         values = [f"{c}::jsonb" if c in ("scores", "fired", "tags") else c for c in _COLUMNS]
-        cursor.execute(
+        conn.exec_driver_sql(
             f"INSERT INTO {Result.__tablename__} ({', '.join(_COLUMNS)}, created_at) "
-            f"SELECT {', '.join(values)}, created_at FROM {staged} {conflict}"
+            f"SELECT {', '.join(values)}, created_at FROM moderator_results_in {conflict}"
         )
         return
     slots = ", ".join(["?"] * 10)
