@@ -218,8 +218,7 @@ def sync(conn: Connection, *, item_ids: Sequence[int] = (), everything: bool = F
     if not item_ids:
         return
     apply_content_decisions(conn, item_ids)
-    for shas in chunks(sorted(_affected(conn, item_ids))):
-        refresh_contents(conn, shas)
+    refresh_contents(conn, sorted(_affected(conn, item_ids)))  # chunked there
 
 
 def refresh_contents(conn: Connection, shas: Iterable[str]) -> None:
