@@ -44,7 +44,8 @@ def diff(
     from moderator.models import model_id_for
 
     settings = make_settings(database_url=database_url, model=model, pretrained=pretrained, device=device)
-    old_policy, new_policy = compile_file(old, settings), compile_file(new, settings)
+    old_policy = compile_file(old, settings, stored_embeddings=True)
+    new_policy = compile_file(new, settings, stored_embeddings=True)
     store = open_store(settings)
     try:
         result = diff_policies(store, old_policy, new_policy, model_id_for(settings), sample=sample)

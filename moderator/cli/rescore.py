@@ -55,7 +55,7 @@ def rescore(
         fail(f"invalid policy: {exc}")
     if not loaded:
         fail("no policy files found (give --policy FILE)")
-    compiled = [compile_loaded(p, settings) for p in loaded]
+    compiled = [compile_loaded(p, settings, stored_embeddings=True) for p in loaded]
     rules = second_opinion_rules(p.loaded.spec for p in compiled)
     # A policy another one needs for a second opinion goes first, so it is judged on new results.
     needed = {r.needs[0] for r in rules}

@@ -42,6 +42,9 @@ class ScorerContext:
     settings: Settings
     clip: Callable[[], ClipModel]  # raises ScorerUnavailable when weights cannot be had
     policy_file: Path | None = None
+    # Compiled only to score stored embeddings (rescore, policy diff): a scorer that has what it
+    # needs cached (the clip scorer: its prompts' embeddings) may leave the model unloaded.
+    stored_embeddings: bool = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moderator.models.ids import model_id_for
 from moderator.models.text_cache import TextEmbeddingCache, default_cache
 from moderator.policy.schema import Mode, PolicySpec
 from moderator.scorers import ClassScores, ScorerContext, ScorerInput, ScoringBatch
@@ -196,22 +197,34 @@ class ZeroShotScorer:
         prompts, owner = prompt_texts(spec)
         if spec.scorer != self.name:
             raise ValueError(f"policy {spec.name!r} names scorer {spec.scorer!r}, not {self.name!r}")
-        model = ctx.clip()  # raises ScorerUnavailable when there are no weights
         texts = [fill(t, p) for p in prompts for t in spec.templates]  # prompt-major, as ensemble() expects
-        cache = self.cache or default_cache()
-
-        def encode(batch: list[str]) -> np.ndarray:
-            chunks = [model.encode_text(batch[i : i + TEXT_BATCH]) for i in range(0, len(batch), TEXT_BATCH)]
-            return np.concatenate(chunks, axis=0)
-
-        template_emb = cache.get(text_key(spec), model.model_id, texts, encode)
+        model_id, template_emb, logit_scale = self._prompt_embeddings(text_key(spec), texts, ctx)
         prompt_set = PromptSet(
             embeddings=ensemble(template_emb, len(spec.templates)),
             owner=np.asarray(owner, dtype=np.int64),
             prompts=tuple(prompts),
             n_classes=len(spec.classes),
         )
-        return CompiledZeroShot(spec, prompt_set, float(model.logit_scale), model.model_id)
+        return CompiledZeroShot(spec, prompt_set, logit_scale, model_id)
+
+    def _prompt_embeddings(self, key: str, texts: list[str], ctx: ScorerContext) -> tuple[str, np.ndarray, float]:
+        """(model id, the texts' embeddings, the model's logit scale), from the cache or the model."""
+        cache = self.cache or default_cache()
+        if ctx.stored_embeddings:
+            # Scoring stored embeddings needs only these two: with both cached, the model
+            # (seconds to load, a gigabyte of memory) is never loaded.
+            model_id = model_id_for(ctx.settings)
+            found = cache.peek(key, model_id, texts)
+            if found is not None:
+                return model_id, *found
+        model = ctx.clip()  # raises ScorerUnavailable when there are no weights
+
+        def encode(batch: list[str]) -> np.ndarray:
+            chunks = [model.encode_text(batch[i : i + TEXT_BATCH]) for i in range(0, len(batch), TEXT_BATCH)]
+            return np.concatenate(chunks, axis=0)
+
+        scale = float(model.logit_scale)
+        return model.model_id, cache.get(key, model.model_id, texts, encode, scale=scale), scale
 
 
 scorer = ZeroShotScorer()

@@ -57,6 +57,26 @@ def test_diff_and_rescore_record_the_new_version(tmp_path: Path, tiny_settings: 
     assert r.exit_code == 0 and "decisions that would change" in r.output
 
 
+def test_rescore_and_diff_with_cached_prompts_never_load_the_model(
+    tmp_path: Path, tiny_settings: Settings, scanned: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan cached the prompts' embeddings and logit scale: scoring stored embeddings needs
+    nothing else, so the model (a gigabyte and seconds for ViT-B-32) stays unloaded."""
+    import moderator.models
+
+    def refused(settings: Settings) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(moderator.models, "load_clip", refused)
+    edited = tmp_path / "nsfw.yaml"
+    edited.write_text(NSFW.read_text().replace("threshold: 0.5", "threshold: 0.0"))
+    r = runner.invoke(app, ["policy", "diff", str(NSFW), str(edited), "--json", *tiny(tiny_settings)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["rescore", "--policy", str(edited), *tiny(tiny_settings)])
+    assert r.exit_code == 0, r.output
+    assert all("artistic_nudity" in row.tags for row in scanned.iter_export(ExportFilters()))
+
+
 def test_search_by_text_and_by_image(tiny_settings: Settings, scanned: Store, photo_dir: Path) -> None:
     r = runner.invoke(app, ["search", "a red car", "--json", "-k", "3", *tiny(tiny_settings)])
     assert r.exit_code == 0, r.output

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from moderator.models.ids import model_id_for
 from moderator.models.text_cache import TextEmbeddingCache
 from moderator.policy.schema import Mode, PolicySpec
 from moderator.scorers import ScorerContext, ScorerInput, ScoringBatch, get_scorer
@@ -21,7 +22,10 @@ from moderator.scorers.zero_shot import (
     PromptSet,
     ZeroShotScorer,
     ensemble,
+    fill,
     frame_scores,
+    prompt_texts,
+    text_key,
     zero_shot_scores,
 )
 from moderator.settings import Settings
@@ -180,6 +184,54 @@ def test_text_embeddings_are_cached_per_prompts_and_model(tmp_path: Path) -> Non
     assert other.calls == []  # fake/2 cached by the previous compile
     compile_with(clip, tmp_path, templates=["a photo of {}."])
     assert len(clip.calls) == 2  # templates changed: encode again
+
+
+def test_scoring_stored_embeddings_with_cached_prompts_never_loads_the_model(tmp_path: Path) -> None:
+    spec = PolicySpec.model_validate(SPEC)
+    clip = FakeClip(VECTORS, model_id=model_id_for(Settings()))
+    loads: list[int] = []
+
+    def load() -> FakeClip:
+        loads.append(1)
+        return clip
+
+    def compile_stored(cache_dir: Path) -> Any:
+        ctx = ScorerContext(settings=Settings(), clip=load, stored_embeddings=True)  # type: ignore[arg-type]
+        return ZeroShotScorer(cache=TextEmbeddingCache(cache_dir)).compile(spec, ctx)
+
+    first = compile_stored(tmp_path)
+    assert loads == [1]  # nothing cached yet: the model encodes the prompts
+    again = compile_stored(tmp_path)  # a new process (a fresh cache object): read from disk
+    assert loads == [1]
+    assert again.model_id == first.model_id == clip.model_id
+    assert again.logit_scale == first.logit_scale == L
+    batch = ScoringBatch(sha256=["a"], embeddings=[e(0, 1)[None]])
+    assert np.array_equal(again.score(batch).scores, first.score(batch).scores)
+    # A scan compiles without stored_embeddings: it needs the model for the images anyway.
+    ctx = ScorerContext(settings=Settings(), clip=load)  # type: ignore[arg-type]
+    ZeroShotScorer(cache=TextEmbeddingCache(tmp_path)).compile(spec, ctx)
+    assert loads == [1, 1]
+
+
+def test_a_cache_file_without_the_logit_scale_loads_the_model_once(tmp_path: Path) -> None:
+    """Files written before the scale was kept: embeddings still good, but the scale must come from the model."""
+    spec = PolicySpec.model_validate(SPEC)
+    clip = FakeClip(VECTORS, model_id=model_id_for(Settings()))
+    old = TextEmbeddingCache(tmp_path)
+    texts = [fill(t, p) for p in prompt_texts(spec)[0] for t in spec.templates]
+    old.get(text_key(spec), clip.model_id, texts, clip.encode_text)  # no scale, as before
+    loads: list[int] = []
+
+    def load() -> FakeClip:
+        loads.append(1)
+        return clip
+
+    for _ in range(2):
+        ctx = ScorerContext(settings=Settings(), clip=load, stored_embeddings=True)  # type: ignore[arg-type]
+        compiled = ZeroShotScorer(cache=TextEmbeddingCache(tmp_path)).compile(spec, ctx)
+        assert compiled.logit_scale == L
+    assert loads == [1]
+    assert len(clip.calls) == 1  # by the old writer only: the scale is added to its file, the embeddings kept
 
 
 def test_corrupt_cache_file_is_recomputed(tmp_path: Path) -> None:
