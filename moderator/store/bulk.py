@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from moderator.decide import PolicyMeta
-from moderator.store.engine import chunks, driver_sql
+from moderator.store.engine import IdRange, chunks, driver_sql
 from moderator.store.repository import Store
 from moderator.store.results import EncodedResult, refresh_decisions, severity_sql, upsert_results
 from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Result
@@ -269,16 +269,18 @@ def save_results(
     decisions changed. `meta` names the policy, its version, scorer and model.
 
     One transaction. Decisions are refreshed (store/results.py) over all the items' stored
-    results (another writer's count too): with `chunk`, for the items given (a rescore's
-    chunk), else for every scored item holding a result of this policy. `then` runs last in
+    results (another writer's count too): with `chunk`, for the span of ids the items cover
+    (a rescore's chunk), else for every scored item holding a result of this policy. `then` runs last in
     the same transaction (a rescore moves its checkpoint there: all of it commits, or none).
     """
     head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
     with store.session() as s:
         conn = s.connection()
         upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
-        if chunk:
-            changed = refresh_decisions(conn, item_ids=[item_id for item_id, _ in rows])
+        if chunk and rows:  # a chunk is a span of ids: one range, not a list per 500 ids
+            changed = refresh_decisions(conn, id_range=IdRange.of([item_id for item_id, _ in rows]))
+        elif chunk:
+            changed = 0
         else:
             changed = refresh_decisions(conn, policy=meta.policy)
         if then is not None:

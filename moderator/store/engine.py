@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.pool import StaticPool
@@ -42,6 +42,27 @@ T = TypeVar("T")
 
 class StoreNotFound(Exception):
     """There is no store at the URL, and the caller asked not to create one. One-line message with the fix."""
+
+
+class IdRange(NamedTuple):
+    """Every row with first <= id <= last: one range predicate, where a list of the ids would take
+    a statement (and thousands of bound parameters) per CHUNK of them. For idempotent refreshes
+    (decisions, the queue) of a span of items, e.g. a rescore's chunk: recomputing an item of the
+    span that the caller did not touch gives it what it already has."""
+
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, ids: Sequence[int]) -> IdRange:
+        return cls(min(ids), max(ids))
+
+
+def id_in(column: Any, chosen: Sequence[int] | IdRange | Any) -> Any:
+    """SQL: `column` among the chosen ids (a list, an IdRange, or a subquery)."""
+    if isinstance(chosen, IdRange):
+        return column.between(chosen.first, chosen.last)
+    return column.in_(chosen)
 
 
 def chunks(values: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from moderator.store.engine import IdRange, id_in
 from moderator.store.tables import Item, OutboxEvent, Result, Review, UTCDateTime, table_of, utcnow
 from moderator.types import ItemStatus
 
@@ -104,7 +105,7 @@ def _event_id_sql(dialect: str) -> Any:
     return literal_column("'evt_' || lower(hex(randomblob(16)))", String)
 
 
-def emit_decided(conn: Connection, chosen: Sequence[int] | Select[Any], now: datetime | None = None) -> int:
+def emit_decided(conn: Connection, chosen: Sequence[int] | IdRange | Select[Any], now: datetime | None = None) -> int:
     """Write an item.decided event for each chosen item whose event_seq has no event yet
     (the ones the refresh just changed); returns how many were written."""
     items = table_of(Item)
@@ -119,7 +120,7 @@ def emit_decided(conn: Connection, chosen: Sequence[int] | Select[Any], now: dat
         bindparam("event_now", now or utcnow(), type_=UTCDateTime()),
         literal(False),
     ).where(
-        items.c.id.in_(chosen),
+        id_in(items.c.id, chosen),
         items.c.status == ItemStatus.OK,
         items.c.event_seq > 0,
         ~exists().where(outbox.c.item_id == items.c.id, outbox.c.seq == items.c.event_seq),

@@ -39,10 +39,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from moderator.store.engine import chunks
+from moderator.store.engine import IdRange, chunks, id_in
 from moderator.store.outbox import record_review
 from moderator.store.tables import Base, Item, Review, UTCDateTime, table_of, utcnow
-from moderator.types import Action
+from moderator.types import Action, ItemStatus
 
 FLAGGED = (Action.REVIEW.value, Action.BLOCK.value)
 SEVERITIES = (Action.BLOCK.severity, Action.REVIEW.severity)  # the queue's order
@@ -190,32 +190,42 @@ def rebuild(conn: Connection) -> None:
     _run(conn, "{c}.sha256 IN (SELECT sha256 FROM items WHERE decision IN ('review', 'block') AND status = 'ok')")
 
 
-def _affected(conn: Connection, item_ids: Sequence[int]) -> set[str]:
+def _id_spans(item_ids: Sequence[int] | IdRange) -> Iterable[tuple[str, dict[str, object]]]:
+    """`{c}.<id column> ...` predicates (text SQL) and their parameters covering these items:
+    one range, or one IN list per LOOKUP ids."""
+    if isinstance(item_ids, IdRange):
+        yield "{c} BETWEEN :first AND :last", {"first": item_ids.first, "last": item_ids.last}
+        return
+    for ids in chunks(item_ids, LOOKUP):
+        yield "{c} IN :ids", {"ids": ids}
+
+
+def _affected(conn: Connection, item_ids: Sequence[int] | IdRange) -> set[str]:
     """The contents of these items that are flagged or queued now, and those they just left."""
     found: set[str] = set()
-    for ids in chunks(item_ids, LOOKUP):
-        found.update(
-            conn.execute(
-                text(
-                    # Three index lookups (an OR EXISTS would let PostgreSQL hash the whole queue).
-                    "SELECT sha256 FROM items WHERE id IN :ids AND sha256 IS NOT NULL "
-                    "AND decision IN ('review', 'block') UNION SELECT q.sha256 FROM items i "
-                    "JOIN queue_contents q ON q.sha256 = i.sha256 WHERE i.id IN :ids "
-                    "UNION SELECT sha256 FROM queue_places WHERE item_id IN :ids"
-                ).bindparams(bindparam("ids", expanding=True)),
-                {"ids": ids},
-            ).scalars()
+    for where, params in _id_spans(item_ids):
+        stmt = text(
+            # Three index lookups (an OR EXISTS would let PostgreSQL hash the whole queue).
+            f"SELECT sha256 FROM items WHERE {where.format(c='id')} AND sha256 IS NOT NULL "
+            "AND decision IN ('review', 'block') UNION SELECT q.sha256 FROM items i "
+            f"JOIN queue_contents q ON q.sha256 = i.sha256 WHERE {where.format(c='i.id')} "
+            f"UNION SELECT sha256 FROM queue_places WHERE {where.format(c='item_id')}"
         )
+        if "ids" in params:
+            stmt = stmt.bindparams(bindparam("ids", expanding=True))
+        found.update(conn.execute(stmt, params).scalars())
     return found
 
 
-def sync(conn: Connection, *, item_ids: Sequence[int] = (), everything: bool = False) -> None:
+def sync(conn: Connection, *, item_ids: Sequence[int] | IdRange = (), everything: bool = False) -> None:
     """Bring the queue rows of these items' contents up to date (all of them with `everything`),
-    first giving items whose bytes a reviewer already decided that decision."""
+    first giving items whose bytes a reviewer already decided that decision. `item_ids` may be
+    an IdRange (a rescore's chunk): the queue is derived, so refreshing an untouched item of the
+    range changes nothing."""
     if everything:
         rebuild(conn)
         return
-    if not item_ids:
+    if not isinstance(item_ids, IdRange) and not item_ids:
         return
     apply_content_decisions(conn, item_ids)
     refresh_contents(conn, sorted(_affected(conn, item_ids)))  # chunked there
@@ -230,14 +240,15 @@ def refresh_contents(conn: Connection, shas: Iterable[str]) -> None:
 # -- decisions per content -----------------------------------------------------------------
 
 
-def _pending_places(conn: Connection, item_ids: Sequence[int]) -> list[tuple[int, str]]:
+def _pending_places(conn: Connection, item_ids: Sequence[int] | IdRange) -> list[tuple[int, str]]:
     """(item id, sha256) of items among these whose bytes were decided and which hold no review
     of those bytes yet. Two steps: the join finds none for almost every batch."""
     items, decided, reviews = table_of(Item), table_of(ContentDecision), table_of(Review)
+    spans = [item_ids] if isinstance(item_ids, IdRange) else chunks(item_ids, LOOKUP)
     found: list[tuple[int, str]] = []
-    for ids in chunks(item_ids, LOOKUP):
+    for ids in spans:
         stmt = select(items.c.id, items.c.uri, items.c.sha256).join(decided, decided.c.sha256 == items.c.sha256)
-        candidates = conn.execute(stmt.where(items.c.id.in_(ids))).all()
+        candidates = conn.execute(stmt.where(id_in(items.c.id, ids), items.c.status == ItemStatus.OK)).all()
         for item_id, uri, sha in candidates:
             seen = select(reviews.c.id).where(reviews.c.item_uri == uri, reviews.c.item_sha256 == sha).limit(1)
             if conn.execute(seen).first() is None:
@@ -245,7 +256,7 @@ def _pending_places(conn: Connection, item_ids: Sequence[int]) -> list[tuple[int
     return found
 
 
-def apply_content_decisions(conn: Connection, item_ids: Sequence[int]) -> int:
+def apply_content_decisions(conn: Connection, item_ids: Sequence[int] | IdRange) -> int:
     """New places of decided contents arrive decided: a review "same content as item N" each
     (and its events), in the writer's transaction. One indexed join per 5,000 items when none."""
     pending = _pending_places(conn, item_ids)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from moderator.decide import ACTIONS
 from moderator.store import queue_index
-from moderator.store.engine import chunks, copy_to_temp_table, driver_sql
+from moderator.store.engine import IdRange, chunks, copy_to_temp_table, driver_sql, id_in
 from moderator.store.outbox import emit_decided
 from moderator.store.tables import Item, Result, table_of, utcnow
 from moderator.types import Action, ItemStatus, PolicyResult
@@ -152,26 +152,33 @@ def severity_sql(action: Any) -> Any:
     return case({a.value: a.severity for a in Action}, value=action, else_=0)
 
 
-def refresh_decisions(conn: Connection, *, item_ids: Sequence[int] = (), policy: str | None = None) -> int:
+def refresh_decisions(
+    conn: Connection, *, item_ids: Sequence[int] = (), id_range: IdRange | None = None, policy: str | None = None
+) -> int:
     """Set the decision of scored items (status ok) to the most severe action over all their
     stored results, allow when they have none; returns how many decisions changed. Each
     change is an item.decided event in the outbox, written in the same transaction.
 
-    The items: those given by id, and those holding a result of `policy`. Computed in SQL
+    The items: those given by id, those in `id_range` (a rescore's chunk: one statement where
+    its ids would take one per CHUNK), and those holding a result of `policy`. Computed in SQL
     inside the caller's transaction, so results another writer stored count too; written
     only where the decision changed.
     """
     changed = 0
     for ids in chunks(item_ids):
         changed += _refresh(conn, ids)
+    if id_range is not None:
+        changed += _refresh(conn, id_range)
     if policy is not None:
         changed += _refresh(conn, select(Result.item_id).where(Result.policy == policy))
     # The indexed review queue (issues 17/18): these items' contents, or all flagged ones for a policy.
     queue_index.sync(conn, item_ids=item_ids, everything=policy is not None)
+    if id_range is not None and policy is None:
+        queue_index.sync(conn, item_ids=id_range)
     return changed
 
 
-def _refresh(conn: Connection, chosen: Sequence[int] | Select[Any]) -> int:
+def _refresh(conn: Connection, chosen: Sequence[int] | IdRange | Select[Any]) -> int:
     items = table_of(Item)
     # An alias: the subquery's items are not the rows being updated.
     scored = aliased(Item)
@@ -181,7 +188,7 @@ def _refresh(conn: Connection, chosen: Sequence[int] | Select[Any]) -> int:
         select(scored.id.label("item_id"), decision.label("decision"))
         .select_from(scored)
         .outerjoin(Result, Result.item_id == scored.id)
-        .where(scored.id.in_(chosen))
+        .where(id_in(scored.id, chosen))
         .group_by(scored.id)
         .subquery()
     )

@@ -311,3 +311,33 @@ def test_several_policies_in_one_pass_resume_each_from_its_own_checkpoint(
     assert store_reads == [3, 2]  # from the earlier checkpoint on
     assert results_of(store) == apart
     assert (one.items, two.items, one.missing) == (10, 10, 1)
+
+
+def test_a_rescore_chunk_refreshes_its_decisions_in_one_statement(
+    tmp_path: Path,
+    store: Store,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk is a span of ids: one UPDATE of decisions for it, not one per 500 ids bound by list
+    (measured at 100k items: those lists were a third of the rescore's time)."""
+    from sqlalchemy import event
+
+    seed(store, {f"many{i:04d}": axis(i % 3) for i in range(1200)})
+    pets, edited = policies(tmp_path, monkeypatch)
+    rescore(store, pets, MODEL_ID, chunk_size=5000)
+    updates: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ITEMS"):
+            updates.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        summary = rescore(store, edited, MODEL_ID, chunk_size=5000)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert summary.items == 1200
+    assert summary.decisions_changed == 400  # the edit turned the dogs' reviews into blocks
+    assert len(updates) == 1, updates
+    blocked = {uri for uri, (decision, *_) in state(store).items() if decision == "block"}
+    assert blocked == {f"many{i:04d}" for i in range(1200) if i % 3 == 1}
