@@ -7,7 +7,7 @@ both with the scan's decode worker count. Best of 3. archive_speed.py also runs 
 both ways (decode_in_threads: what the scan did before decoding moved to processes); this one
 runs alone too:
 
-    python benchmarks/decode_isolation.py [--n 192] [--stage-only]
+    python benchmarks/decode_isolation.py [--n 192] [--rounds 5] [--stage-only | --scan-only]
 """
 
 from __future__ import annotations
@@ -129,15 +129,48 @@ def report(n: int = 200) -> str:
     )
 
 
-def scan_comparison(n: int, rounds: int = 3) -> str:
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its live decode workers so far."""
+    import resource
+
+    from moderator.decode import pool
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for decoders in pool._shared.values():
+        for pid in decoders.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def marginal(half: Path, folder: Path, n: int, work: Path) -> tuple[float, float]:
+    """(img/s as N / (t(2N) - t(N)), CPU ms per image as (cpu(2N) - cpu(N)) / N, workers included)."""
+    from benchmarks.common import scan_seconds
+
+    c0 = cpu_seconds()
+    t_small, _ = scan_seconds(half, work / "scan.db")
+    c1 = cpu_seconds()
+    t_large, _ = scan_seconds(folder, work / "scan.db")
+    c2 = cpu_seconds()
+    return n / max(t_large - t_small, 1e-9), ((c2 - c1) - (c1 - c0)) / n * 1000
+
+
+def scan_comparison(n: int, rounds: int = 5) -> str:
     """The whole scan (CLIP policies, ViT-B-32, the default backend), decode in processes vs threads:
-    N / (t(2N) - t(N)) on each photo set, the two alternated `rounds` times (median of each).
+    N / (t(2N) - t(N)) and CPU per image (this process and its decode workers) on each photo set,
+    the two alternated `rounds` times (median of each), the order swapped every round (ABBA) so
+    that a drift in the machine's speed favours neither.
 
     One untimed scan first: the model load and the ONNX export happen once per process, and
     inside a timed t(N) they would shrink t(2N) - t(N) and inflate the rate."""
     import tempfile
 
-    from benchmarks.common import cheap_photo_folder, first_n, marginal_rate, scan_seconds
+    from benchmarks.common import cheap_photo_folder, first_n, scan_seconds
 
     lines = [f"the scan end to end, rate = N / (t(2N) - t(N)), N={n}, median of {rounds} alternated:"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,16 +180,22 @@ def scan_comparison(n: int, rounds: int = 3) -> str:
             scan_seconds(half, work / "warm.db")
             with decode_in_threads():
                 scan_seconds(half, work / "warm.db")
-            isolated, threaded = [], []
-            for _ in range(rounds):
-                isolated.append(marginal_rate(half, folder, n, work)[0])
-                with decode_in_threads():
-                    threaded.append(marginal_rate(half, folder, n, work)[0])
-            iso, thr = statistics.median(isolated), statistics.median(threaded)
+            isolated: list[tuple[float, float]] = []
+            threaded: list[tuple[float, float]] = []
+            for r in range(rounds):
+                for isolate in (True, False) if r % 2 == 0 else (False, True):
+                    if isolate:
+                        isolated.append(marginal(half, folder, n, work))
+                    else:
+                        with decode_in_threads():
+                            threaded.append(marginal(half, folder, n, work))
+            iso, thr = (statistics.median(r for r, _ in runs) for runs in (isolated, threaded))
+            iso_cpu, thr_cpu = (statistics.median(c for _, c in runs) for runs in (isolated, threaded))
             lines.append(
-                f"  {name:5}: processes {iso:6.2f} img/s, threads {thr:6.2f} img/s, ratio {iso / thr:.3f}"
-                f"  (each round: processes {', '.join(f'{r:.2f}' for r in isolated)};"
-                f" threads {', '.join(f'{r:.2f}' for r in threaded)})"
+                f"  {name:5}: processes {iso:6.2f} img/s, threads {thr:6.2f} img/s, ratio {iso / thr:.3f};"
+                f" CPU per image {iso_cpu:.1f} / {thr_cpu:.1f} ms ({iso_cpu / thr_cpu:.3f}x)\n"
+                f"         each round, img/s: processes {', '.join(f'{r:.2f}' for r, _ in isolated)};"
+                f" threads {', '.join(f'{r:.2f}' for r, _ in threaded)}"
             )
     return "\n".join(lines)
 
@@ -167,7 +206,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=192, help="N for the end-to-end scans (2N photos per set)")
     parser.add_argument("--stage-only", action="store_true", help="only the decode stage")
+    parser.add_argument("--scan-only", action="store_true", help="only the whole scan")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of the whole scan (median)")
     args = parser.parse_args()
-    print(report(2 * args.n))
+    if not args.scan_only:
+        print(report(2 * args.n), flush=True)
     if not args.stage_only:
-        print(scan_comparison(args.n))
+        print(scan_comparison(args.n, args.rounds))
