@@ -82,7 +82,7 @@ def test_login_filter_and_confirm_with_keyboard(server: str, seeded: Seeded) -> 
 
             page.keyboard.press("c")
             page.wait_for_load_state("load")
-            page.wait_for_function("document.querySelectorAll('#queue tr.row').length === 1")
+            page.wait_for_function("() => document.querySelectorAll('#queue tr.row').length === 1")
             assert chosen not in page.locator("#queue").inner_text()
             assert "decision=review" in page.url  # back on the same filtered queue
             page.screenshot(path=str(OUTPUT / "review-queue-after.png"), full_page=True)

@@ -163,7 +163,7 @@ def test_an_image_that_cannot_be_shown_says_why(browser: Any, server: str, seede
     page.goto(f"{server}/items/{item_id(seeded.store, str(seeded.folder / 'moved-away.png'))}")
     note = page.locator("p.unavailable")
     note.wait_for()
-    page.wait_for_function("document.querySelector('p.unavailable').textContent.includes(':')")
+    page.wait_for_function("() => document.querySelector('p.unavailable').textContent.includes(':')")
     assert note.inner_text().startswith("The image cannot be shown: the server cannot find it")
     page.screenshot(path=str(SCREENS / "item-unavailable.png"), full_page=True)
     assert not _csp(errors), errors

@@ -77,7 +77,7 @@ def test_same_content_is_one_row_and_one_decision_for_every_place(server: str, s
             # Opening its places made the row the current one (a click selects a row); c confirms it.
             assert "current" in (shared.get_attribute("class") or "")
             page.keyboard.press("c")
-            page.wait_for_function("document.querySelectorAll('#queue tr.row').length === 3")
+            page.wait_for_function("() => document.querySelectorAll('#queue tr.row').length === 3")
             assert page.locator(f'#queue tr.row[data-item="{first}"]').count() == 0
 
             # A fourth copy arrives after the decision: decided on arrival, never queued.

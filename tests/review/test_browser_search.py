@@ -129,7 +129,7 @@ def test_search_by_text_filters_and_more_like_this(browser_page: Any, tiny_seede
     assert "blurred" in (first.locator("img.thumb").get_attribute("class") or "")  # blocked: blurred, as in the queue
     assert "blurred" not in (page.locator("#hits tr.hit").nth(1).locator("img.thumb").get_attribute("class") or "")
     page.wait_for_function(
-        "[...document.querySelectorAll('#hits img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+        "() => [...document.querySelectorAll('#hits img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
     )
     page.screenshot(path=str(SHOTS / "search-text.png"), full_page=True)
 
@@ -166,6 +166,6 @@ def test_search_by_uploaded_image(browser_page: Any, tiny_seeded: Seeded, tmp_pa
     ]
     assert blurred == [False, False, False, True, False]
     page.wait_for_function(
-        "[...document.querySelectorAll('#hits img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+        "() => [...document.querySelectorAll('#hits img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
     )
     page.screenshot(path=str(SHOTS / "search-image.png"), full_page=True)

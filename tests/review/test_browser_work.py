@@ -86,7 +86,7 @@ def test_leases_undo_and_appeals_between_two_reviewers(seeded: Seeded, tmp_path:
             assert "block" in rob.inner_text("#undo-bar")
             rob.screenshot(path=str(SHOTS / "queue-undo-bar.png"), full_page=True)
             rob.keyboard.press("u")
-            rob.wait_for_function("!document.getElementById('undo-bar')")
+            rob.wait_for_function("() => !document.getElementById('undo-bar')")
             assert rob.locator(f'#queue tr.row[data-item="{suggestive}"]').count() == 1  # back in the queue
             with Session(seeded.store.engine) as db:
                 verdicts = db.execute(
