@@ -315,13 +315,29 @@ def item_uri(index: int) -> str:
     return f"s3://bench/photos/{index:09d}.jpg"
 
 
-def scan_records(policy_set: Any, start: int, count: int, *, seed: int = 0, flagged: float = FLAGGED_SHARE) -> Any:
+def embedding_vectors(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors: `clustered` around 1,000 centres in a 64-dimensional subspace plus noise (closer
+    to CLIP embeddings, and what an approximate index's recall is quoted on), or `random` (uniform
+    on the sphere: every neighbour about as far as any other, the hardest case for a graph index)."""
+    if kind == "random":
+        v = rng.normal(size=(n, dim)).astype(np.float32)
+    else:
+        basis = np.linalg.qr(np.random.default_rng(7).normal(size=(dim, 64)))[0].T  # [64, dim]
+        centres = np.random.default_rng(8).normal(size=(1000, 64))
+        low = centres[rng.integers(0, 1000, n)] + 0.7 * rng.normal(size=(n, 64))
+        v = (low @ basis + 0.08 * rng.normal(size=(n, dim))).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def scan_records(
+    policy_set: Any, start: int, count: int, *, seed: int = 0, flagged: float = FLAGGED_SHARE, data: str = "clustered"
+) -> Any:
     """(embeddings, ItemRecords) of items start..start+count, as Pipeline._store hands them to the store.
 
-    Random unit float16 embeddings, scored by the compiled policies (PolicySet.score: the
+    Unit float16 embeddings (embedding_vectors of `data`), scored by the compiled policies (PolicySet.score: the
     engine's decide path, second opinions and item decision included). Candidates are drawn
     until `flagged` of the items (rounded) are review or block: random embeddings on random
-    weights flag about 10%. The same (seed, start, count) gives the same items in any process.
+    weights flag about 10% of either kind. The same (seed, start, count) gives the same items in any process.
     """
     from moderator.engine.prepare import PreparedItem
     from moderator.sources import SourceItem
@@ -333,9 +349,8 @@ def scan_records(policy_set: Any, start: int, count: int, *, seed: int = 0, flag
     chosen_flagged: list[Any] = []
     chosen_clean: list[Any] = []
     while len(chosen_flagged) < want_flagged or len(chosen_clean) < count - want_flagged:
-        vectors = rng.normal(size=(count, DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors.astype(np.float16).astype(np.float32)  # scored as stored (float16)
+        # scored as stored (float16)
+        vectors = embedding_vectors(count, DIM, data, rng).astype(np.float16).astype(np.float32)
         candidates = [PreparedItem(item=SourceItem(uri="", read=bytes), embedding=v[None]) for v in vectors]
         policy_set.score(candidates)
         for p in candidates:

@@ -2,12 +2,12 @@
 
     python benchmarks/scale.py --items 100000 --database-url URL [--json]
 
-Fill: N items through Store.save_embeddings + Store.save_items (benchmarks/common.py
-scan_records: ViT-B-32-sized float16 embeddings, results of the three shipped CLIP policies
-from PolicySet.score, 5.7% flagged), in batches of --batch, then ANALYZE. Before it, the
-first --writer-items of those items are written by 1 writer and by --writers processes at
-once (disjoint batches) into a scratch store beside URL (a schema of its own on PostgreSQL,
-dropped afterwards): fill_1_writer vs fill_4_writers, the same items, the same run.
+Fill: N items through Store.save_embeddings + Store.save_items (benchmarks/common.py scan_records:
+ViT-B-32-sized float16 embeddings, clustered like CLIP's unless --data random, results of the three
+shipped CLIP policies from PolicySet.score, 5.7% flagged), in batches of --batch, then ANALYZE.
+Before it, the first --writer-items of those items are written by 1 writer and by --writers
+processes at once (disjoint batches) into a scratch store beside URL (a schema of its own on
+PostgreSQL, dropped afterwards): fill_1_writer vs fill_4_writers, the same items, the same run.
 
 Then each command runs as its own subprocess (peak RSS from /usr/bin/time -f %M): rescore of the three
 policies, `policy diff` of a threshold edit, `export --format parquet`, `search --reindex`
@@ -59,13 +59,16 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--writer-items", type=int, default=100_000, help="items of the writers' comparison")
     parser.add_argument("--no-fill", action="store_true", help="the store already holds the items: time commands")
+    parser.add_argument(
+        "--data", choices=["clustered", "random"], default="clustered", help="embeddings (common.embedding_vectors)"
+    )
     parser.add_argument("--deep-pages", type=int, default=20)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per command")
     parser.add_argument("--skip", action="append", default=[], help="fill4, fill, rescore, diff, export, search, serve")
     args = parser.parse_args()
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
-    out: Out = {"items": args.items, "batch": args.batch, "errors": {}}
+    out: Out = {"items": args.items, "batch": args.batch, "data": args.data, "errors": {}}
     work = Path(tempfile.mkdtemp(prefix="moderator-scale-"))
     url = args.database_url
     settings = common.fill_settings(url, **_index_dir(work))
@@ -77,7 +80,7 @@ def main() -> None:
             policy_set = _step(out, "policies", lambda: common.fill_policies(settings), log)
         if policy_set is not None:
             first = min(args.writer_items, args.items)
-            chunks = list(_chunks(policy_set, 0, first, args.batch))
+            chunks = list(_chunks(policy_set, 0, first, args))
             if "fill4" not in args.skip:
                 _step(out, "fill_writers", lambda: _writers_fill(out, store, chunks, args.writers), log)
             if "fill" not in args.skip:
@@ -116,9 +119,11 @@ def _step(out: Out, name: str, fn: Callable[[], Any], log: Callable[..., None] =
 # -- fill ----------------------------------------------------------------------------------------
 
 
-def _chunks(policy_set: Any, start: int, stop: int, batch: int) -> Iterator[tuple[dict[str, np.ndarray], list[Any]]]:
-    for at in range(start, stop, batch):
-        yield common.scan_records(policy_set, at, min(batch, stop - at))
+def _chunks(
+    policy_set: Any, start: int, stop: int, args: argparse.Namespace
+) -> Iterator[tuple[dict[str, np.ndarray], list[Any]]]:
+    for at in range(start, stop, args.batch):
+        yield common.scan_records(policy_set, at, min(args.batch, stop - at), data=args.data)
 
 
 def _save(store: Store, chunk: tuple[dict[str, np.ndarray], list[Any]]) -> tuple[float, float]:
@@ -135,7 +140,7 @@ def _fill(out: Out, store: Store, policy_set: Any, first: list[Any], args: argpa
     emb = items = 0.0
     n_first = sum(len(c[1]) for c in first)
     flagged = 0
-    for i, chunk in enumerate([*first, *_chunks(policy_set, n_first, args.items, args.batch)]):
+    for i, chunk in enumerate([*first, *_chunks(policy_set, n_first, args.items, args)]):
         e, s = _save(store, chunk)
         emb, items = emb + e, items + s
         flagged += sum(r.decision is not None and r.decision.value in ("review", "block") for r in chunk[1])

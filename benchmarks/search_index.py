@@ -33,11 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from moderator.engine.search import SearchIndex, top_k
-from moderator.settings import Settings
-from moderator.store import ItemRecord, Store
-from moderator.store.bulk import load_embedding_matrix
-from moderator.types import ItemStatus
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import embedding_vectors  # noqa: E402
+
+from moderator.engine.search import SearchIndex, top_k  # noqa: E402
+from moderator.settings import Settings  # noqa: E402
+from moderator.store import ItemRecord, Store  # noqa: E402
+from moderator.store.bulk import load_embedding_matrix  # noqa: E402
+from moderator.types import ItemStatus  # noqa: E402
 
 MODEL_ID = "bench/none"
 CHUNK = 10_000
@@ -57,22 +60,10 @@ def rss_mb(kind: str = "") -> float:
     return 0.0
 
 
-def make_vectors(n: int, dim: int, kind: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if kind == "random":
-        v = rng.normal(size=(n, dim)).astype(np.float32)
-    else:
-        basis = np.linalg.qr(np.random.default_rng(7).normal(size=(dim, 64)))[0].T  # [64, dim]
-        centres = np.random.default_rng(8).normal(size=(1000, 64))
-        low = centres[rng.integers(0, 1000, n)] + 0.7 * rng.normal(size=(n, 64))
-        v = (low @ basis + 0.08 * rng.normal(size=(n, dim))).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def fill(store: Store, n: int, dim: int, kind: str) -> None:
     for start in range(0, n, CHUNK):
         count = min(CHUNK, n - start)
-        vectors = make_vectors(count, dim, kind, seed=start + 1).astype(np.float16)
+        vectors = embedding_vectors(count, dim, kind, np.random.default_rng(start + 1)).astype(np.float16)
         shas = [f"{i:064x}" for i in range(start, start + count)]
         store.save_embeddings({s: v[None] for s, v in zip(shas, vectors, strict=True)}, MODEL_ID)
         store.save_items(
@@ -197,7 +188,7 @@ def main() -> None:
         t = time.perf_counter()
         fill(store, args.items, args.dim, args.data)
         report["fill_s"] = round(time.perf_counter() - t, 1)
-        queries = make_vectors(args.queries, args.dim, args.data, seed=10**9)
+        queries = embedding_vectors(args.queries, args.dim, args.data, np.random.default_rng(10**9))
         matrix = load_embedding_matrix(store, MODEL_ID)
         matrix = type(matrix)(matrix.model_id, matrix.shas, matrix.vectors.astype(np.float32), matrix.offsets)
         truth = [np.array([int(matrix.shas[i], 16) for i, _ in top_k(matrix, q, K)]) for q in queries]

@@ -14,8 +14,26 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import (
+    URL,
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import TypeDecorator
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -58,10 +76,59 @@ class IdRange(NamedTuple):
         return cls(min(ids), max(ids))
 
 
+class IdList(TypeDecorator[list[int]]):
+    """A list of integer ids bound as ONE parameter: a PostgreSQL bigint[], SQLite JSON text."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(ARRAY(BigInteger) if dialect.name == "postgresql" else String())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        ids = [int(v) for v in value]
+        return ids if dialect.name == "postgresql" else json.dumps(ids)
+
+
+class InIds(ColumnElement[bool]):
+    """`column` among a list of ids in one bound parameter, however many: `= ANY(array)` on
+    PostgreSQL, `IN (SELECT value FROM json_each(?))` on SQLite. One statement per call, where
+    an IN list takes one per CHUNK ids and the driver parses a placeholder per id (issue 17)."""
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a predicate: no `= 1` after it where booleans are not native
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("ids", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: Any, ids: Iterable[int]) -> None:
+        self.column = column
+        self.ids: BindParameter[list[int]] = bindparam(None, list(ids), type_=IdList())
+
+
+@compiles(InIds, "postgresql")
+def _in_ids_pg(element: InIds, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.ids, **kw)})"
+
+
+@compiles(InIds)
+def _in_ids(element: InIds, compiler: Any, **kw: Any) -> str:
+    ids = compiler.process(element.ids, **kw)
+    return f"{compiler.process(element.column, **kw)} IN (SELECT value FROM json_each({ids}))"
+
+
+def ids_sql(dialect: str, column: str, param: str) -> str:
+    """The same predicate in text SQL, the list bound as `:param` (with type IdList)."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(:{param})"
+    return f"{column} IN (SELECT value FROM json_each(:{param}))"
+
+
 def id_in(column: Any, chosen: Sequence[int] | IdRange | Any) -> Any:
-    """SQL: `column` among the chosen ids (a list, an IdRange, or a subquery)."""
+    """SQL: `column` among the chosen ids (a list, an IdRange, or a subquery), in one statement."""
     if isinstance(chosen, IdRange):
         return column.between(chosen.first, chosen.last)
+    if isinstance(chosen, (list, tuple, range)):
+        return InIds(column, chosen)
     return column.in_(chosen)
 
 

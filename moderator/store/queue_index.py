@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from moderator.store.engine import IdRange, chunks, id_in
+from moderator.store.engine import IdList, IdRange, chunks, id_in, ids_sql
 from moderator.store.outbox import record_review
 from moderator.store.tables import Base, Item, Review, UTCDateTime, table_of, utcnow
 from moderator.types import Action, ItemStatus
@@ -48,7 +48,6 @@ FLAGGED = (Action.REVIEW.value, Action.BLOCK.value)
 SEVERITIES = (Action.BLOCK.severity, Action.REVIEW.severity)  # the queue's order
 # Byte order on PostgreSQL whatever the database's collation: a uri prefix is an index range.
 PlaceUri = Text().with_variant(Text(collation="C"), "postgresql")
-LOOKUP = 5_000  # item ids per lookup statement (a rescore refreshes chunks of 20-50k)
 CONTENT_VIA = "content"  # the `via` of a review that a decision on the same bytes wrote
 
 
@@ -190,31 +189,23 @@ def rebuild(conn: Connection) -> None:
     _run(conn, "{c}.sha256 IN (SELECT sha256 FROM items WHERE decision IN ('review', 'block') AND status = 'ok')")
 
 
-def _id_spans(item_ids: Sequence[int] | IdRange) -> Iterable[tuple[str, dict[str, object]]]:
-    """`{c}.<id column> ...` predicates (text SQL) and their parameters covering these items:
-    one range, or one IN list per LOOKUP ids."""
-    if isinstance(item_ids, IdRange):
-        yield "{c} BETWEEN :first AND :last", {"first": item_ids.first, "last": item_ids.last}
-        return
-    for ids in chunks(item_ids, LOOKUP):
-        yield "{c} IN :ids", {"ids": ids}
-
-
 def _affected(conn: Connection, item_ids: Sequence[int] | IdRange) -> set[str]:
     """The contents of these items that are flagged or queued now, and those they just left."""
-    found: set[str] = set()
-    for where, params in _id_spans(item_ids):
-        stmt = text(
-            # Three index lookups (an OR EXISTS would let PostgreSQL hash the whole queue).
-            f"SELECT sha256 FROM items WHERE {where.format(c='id')} AND sha256 IS NOT NULL "
-            "AND decision IN ('review', 'block') UNION SELECT q.sha256 FROM items i "
-            f"JOIN queue_contents q ON q.sha256 = i.sha256 WHERE {where.format(c='i.id')} "
-            f"UNION SELECT sha256 FROM queue_places WHERE {where.format(c='item_id')}"
-        )
-        if "ids" in params:
-            stmt = stmt.bindparams(bindparam("ids", expanding=True))
-        found.update(conn.execute(stmt, params).scalars())
-    return found
+    params: dict[str, object]
+    if isinstance(item_ids, IdRange):
+        where, params = "{c} BETWEEN :first AND :last", {"first": item_ids.first, "last": item_ids.last}
+    else:  # the ids as one bound list: one statement however many
+        where, params = ids_sql(conn.dialect.name, "{c}", "ids"), {"ids": list(item_ids)}
+    stmt = text(
+        # Three index lookups (an OR EXISTS would let PostgreSQL hash the whole queue).
+        f"SELECT sha256 FROM items WHERE {where.format(c='id')} AND sha256 IS NOT NULL "
+        "AND decision IN ('review', 'block') UNION SELECT q.sha256 FROM items i "
+        f"JOIN queue_contents q ON q.sha256 = i.sha256 WHERE {where.format(c='i.id')} "
+        f"UNION SELECT sha256 FROM queue_places WHERE {where.format(c='item_id')}"
+    )
+    if "ids" in params:
+        stmt = stmt.bindparams(bindparam("ids", type_=IdList()))
+    return set(conn.execute(stmt, params).scalars())
 
 
 def sync(conn: Connection, *, item_ids: Sequence[int] | IdRange = (), everything: bool = False) -> None:
@@ -244,21 +235,20 @@ def _pending_places(conn: Connection, item_ids: Sequence[int] | IdRange) -> list
     """(item id, sha256) of items among these whose bytes were decided and which hold no review
     of those bytes yet. Two steps: the join finds none for almost every batch."""
     items, decided, reviews = table_of(Item), table_of(ContentDecision), table_of(Review)
-    spans = [item_ids] if isinstance(item_ids, IdRange) else chunks(item_ids, LOOKUP)
+    chosen = item_ids if isinstance(item_ids, IdRange) else list(item_ids)
     found: list[tuple[int, str]] = []
-    for ids in spans:
-        stmt = select(items.c.id, items.c.uri, items.c.sha256).join(decided, decided.c.sha256 == items.c.sha256)
-        candidates = conn.execute(stmt.where(id_in(items.c.id, ids), items.c.status == ItemStatus.OK)).all()
-        for item_id, uri, sha in candidates:
-            seen = select(reviews.c.id).where(reviews.c.item_uri == uri, reviews.c.item_sha256 == sha).limit(1)
-            if conn.execute(seen).first() is None:
-                found.append((int(item_id), str(sha)))
+    stmt = select(items.c.id, items.c.uri, items.c.sha256).join(decided, decided.c.sha256 == items.c.sha256)
+    candidates = conn.execute(stmt.where(id_in(items.c.id, chosen), items.c.status == ItemStatus.OK)).all()
+    for item_id, uri, sha in candidates:
+        seen = select(reviews.c.id).where(reviews.c.item_uri == uri, reviews.c.item_sha256 == sha).limit(1)
+        if conn.execute(seen).first() is None:
+            found.append((int(item_id), str(sha)))
     return found
 
 
 def apply_content_decisions(conn: Connection, item_ids: Sequence[int] | IdRange) -> int:
     """New places of decided contents arrive decided: a review "same content as item N" each
-    (and its events), in the writer's transaction. One indexed join per 5,000 items when none."""
+    (and its events), in the writer's transaction. One indexed join when there are none."""
     pending = _pending_places(conn, item_ids)
     if not pending:
         return 0

@@ -26,6 +26,7 @@ from moderator.store.engine import (
     chunks,
     copy_to_temp_table,
     create_store_engine,
+    id_in,
     location,
     normalise_url,
     upgrade,
@@ -192,8 +193,7 @@ class Store:
                 if old_sha is not _NEW and old_sha != r.sha256:
                     stale.setdefault(tuple(sorted({res.policy for res in r.results})), []).append(item_id)
             for kept, stale_ids in stale.items():
-                for chunk in chunks(stale_ids):
-                    conn.execute(delete(Result).where(Result.item_id.in_(chunk), Result.policy.not_in(kept)))
+                conn.execute(delete(Result).where(id_in(Result.item_id, stale_ids), Result.policy.not_in(kept)))
             refresh_decisions(conn, item_ids=sorted(ids[r.uri] for r in ordered if r.status is ItemStatus.OK))
 
     def _upsert_items(

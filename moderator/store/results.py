@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from moderator.decide import ACTIONS
 from moderator.store import queue_index
-from moderator.store.engine import IdRange, chunks, copy_to_temp_table, driver_sql, id_in
+from moderator.store.engine import IdRange, copy_to_temp_table, driver_sql, id_in
 from moderator.store.outbox import emit_decided
 from moderator.store.tables import Item, Result, table_of, utcnow
 from moderator.types import Action, ItemStatus, PolicyResult
@@ -159,14 +159,14 @@ def refresh_decisions(
     stored results, allow when they have none; returns how many decisions changed. Each
     change is an item.decided event in the outbox, written in the same transaction.
 
-    The items: those given by id, those in `id_range` (a rescore's chunk: one statement where
-    its ids would take one per CHUNK), and those holding a result of `policy`. Computed in SQL
+    The items: those given by id (bound as one list: one statement however many), those in
+    `id_range` (a rescore's chunk), and those holding a result of `policy`. Computed in SQL
     inside the caller's transaction, so results another writer stored count too; written
     only where the decision changed.
     """
     changed = 0
-    for ids in chunks(item_ids):
-        changed += _refresh(conn, ids)
+    if item_ids:
+        changed += _refresh(conn, list(item_ids))
     if id_range is not None:
         changed += _refresh(conn, id_range)
     if policy is not None:

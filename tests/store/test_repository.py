@@ -377,3 +377,35 @@ def test_a_batch_writes_its_own_rows_only(store: Store) -> None:
     assert {u: after[u] for u in first} == first
     counts = store.counts()
     assert (counts["items"], counts["results"], counts["embeddings"]) == (2 * (CHUNK + 1), 4 * (CHUNK + 1), 6)
+
+
+def test_a_batch_of_many_items_is_decided_in_one_statement_with_an_event_each(store: Store) -> None:
+    """The batch's ids are bound as one list (PostgreSQL array, SQLite JSON): one UPDATE of
+    decisions for 3 x CHUNK items, where an IN list took one per CHUNK ids (issue 17)."""
+    from sqlalchemy import event, func
+
+    from moderator.store.tables import OutboxEvent
+
+    n = 3 * CHUNK + 7
+    store.save_items([record(f"/many/{i}.jpg", result("nsfw", fired=(NUDE,) if i % 4 == 0 else ())) for i in range(n)])
+    updates: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ITEMS"):
+            updates.append(statement)
+
+    # New bytes at every uri, judged by "tags" alone: the old nsfw results go, and the blocks with them.
+    again = [record(f"/many/{i}.jpg", result("tags", fired=(CAT,)), sha256=sha(f"new {i}")) for i in range(n)]
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        store.save_items(again)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert len(updates) == 1, updates
+    rows = list(store.iter_export(ExportFilters()))
+    assert len(rows) == n and {r.decision for r in rows} == {Action.TAG}
+    assert all(set(r.policy_versions) == {"tags"} for r in rows)
+    with store.session() as s:
+        events = s.execute(select(OutboxEvent.item_id, func.count()).group_by(OutboxEvent.item_id)).all()
+    # One item.decided per decision made: allow or block first, then tag for every item.
+    assert len(events) == n and {c for _, c in events} == {2}
