@@ -9,13 +9,14 @@ Before it, the first --writer-items of those items are written by 1 writer and b
 processes at once (disjoint batches) into a scratch store beside URL (a schema of its own on
 PostgreSQL, dropped afterwards): fill_1_writer vs fill_4_writers, the same items, the same run.
 
-Then each command runs as its own subprocess (peak RSS from /usr/bin/time -f %M): rescore of the three
-policies, `policy diff` of a threshold edit, `export --format parquet`, `search --reindex`
-(when the CLI has it) and one `search`; `moderator serve` answers the queue (first page,
-?tag=selfie, a page --deep-pages pages down by cursor; medians of 5) and /api/search by a
-stored item (p95 over --queries, recall@20 against exact search over every embedding).
-Each step fails soft: its error lands in "errors" and the run goes on. Fill times are the
-store calls alone (building the records is not timed); wall times depend on the neighbours.
+Then each command runs as its own subprocess (peak RSS from /usr/bin/time -f %M): rescore of the
+three policies, `policy diff` of a threshold edit, `export --format parquet`, `search --reindex`
+(when the CLI has it) and one `search`; `moderator serve` (no /api/moderate: nothing loads a model
+beside the measurements) answers the queue (first page, ?tag=selfie, a page --deep-pages pages down
+by cursor; medians of 5) and /api/search by a stored item (p95 over --queries, recall@20 against
+exact search over every embedding). Each step fails soft: its error lands in "errors" and the run
+goes on. Fill times are the store calls alone (building the records is not timed); wall times depend
+on the neighbours.
 """
 
 from __future__ import annotations
@@ -355,8 +356,14 @@ def _serve(out: Out, env: dict[str, str], work: Path, args: argparse.Namespace, 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with open(work / "serve.log", "wb") as server_log:
+        # POST /api/moderate off: its warm-up loads CLIP in the background, which on 2 cores took
+        # most of the CPU for the first ~16 s and tripled the search p95 measured beside it.
+        serve_env = {**env, "MODERATOR_MODERATE_API": "false"}
         server = subprocess.Popen(
-            [*MODERATOR, "serve", "--port", str(port), "--no-deliver"], env=env, stdout=server_log, stderr=server_log
+            [*MODERATOR, "serve", "--port", str(port), "--no-deliver"],
+            env=serve_env,
+            stdout=server_log,
+            stderr=server_log,
         )
     try:
         deadline = time.monotonic() + 300
