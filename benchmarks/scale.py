@@ -22,6 +22,7 @@ on the neighbours.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -141,7 +142,8 @@ def _fill(out: Out, store: Store, policy_set: Any, first: list[Any], args: argpa
     emb = items = 0.0
     n_first = sum(len(c[1]) for c in first)
     flagged = 0
-    for i, chunk in enumerate([*first, *_chunks(policy_set, n_first, args.items, args)]):
+    # chain, not a list: the records of 1M items would all be built (and held: 5 GB at 200k) before the first write
+    for i, chunk in enumerate(itertools.chain(first, _chunks(policy_set, n_first, args.items, args))):
         e, s = _save(store, chunk)
         emb, items = emb + e, items + s
         flagged += sum(r.decision is not None and r.decision.value in ("review", "block") for r in chunk[1])
