@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from moderator.store import jobs
 from moderator.store.engine import (
+    GrowthWatch,
     check_file_exists,
     check_schema_exists,
     chunks,
@@ -92,6 +93,7 @@ class Store:
         self.engine = create_store_engine(u, create=create)
         self.url = self.engine.url
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._growth = GrowthWatch()
         try:
             if not create:
                 check_schema_exists(self.engine)
@@ -166,6 +168,8 @@ class Store:
 
         Rows are written in uri order (results in (item, policy) order): concurrent writers
         of overlapping batches then take row locks in the same order and never deadlock.
+        On PostgreSQL, once the items it inserted reach a tenth of the table, the growing
+        tables are analysed (store.engine.GrowthWatch), whether or not autovacuum runs.
         """
         latest = {r.uri: r for r in records}
         if not latest:
@@ -195,6 +199,7 @@ class Store:
             for kept, stale_ids in stale.items():
                 conn.execute(delete(Result).where(id_in(Result.item_id, stale_ids), Result.policy.not_in(kept)))
             refresh_decisions(conn, item_ids=sorted(ids[r.uri] for r in ordered if r.status is ItemStatus.OK))
+        self._growth.note(self.engine, sum(old is _NEW for _, old in saved.values()))
 
     def _upsert_items(
         self, conn: Connection, ordered: Sequence[ItemRecord], now: datetime

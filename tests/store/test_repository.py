@@ -409,3 +409,38 @@ def test_a_batch_of_many_items_is_decided_in_one_statement_with_an_event_each(st
         events = s.execute(select(OutboxEvent.item_id, func.count()).group_by(OutboxEvent.item_id)).all()
     # One item.decided per decision made: allow or block first, then tag for every item.
     assert len(events) == n and {c for _, c in events} == {2}
+
+
+def test_a_store_filled_from_empty_keeps_the_planners_row_counts(empty_db_url: str) -> None:
+    """PostgreSQL plans from what ANALYZE last saw. A store filled from empty while autovacuum
+    is off or behind was planned as empty, and every batch's queue statements scanned all the
+    items (a 1M fill fell from 1,400 to 170 items/s). The writers analyse as the tables grow."""
+    if not empty_db_url.startswith("postgresql"):
+        pytest.skip("SQLite's planner uses the indexes without statistics")
+    from moderator.store.engine import ANALYZE_MIN_ROWS, GROWING_TABLES
+
+    store = Store(empty_db_url)
+    try:
+        with store.engine.begin() as conn:
+            for table in GROWING_TABLES:  # whatever the server does, the store must not need it
+                conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        n = 5 * ANALYZE_MIN_ROWS // 2
+        for start in range(0, n, 500):
+            store.save_items(
+                [
+                    record(f"/grow/{i}.jpg", result("nsfw", fired=(NUDE,) if i % 9 == 0 else ()))
+                    for i in range(start, start + 500)
+                ]
+            )
+        with store.engine.connect() as conn:
+            believed = dict(
+                conn.exec_driver_sql(
+                    "SELECT relname, reltuples FROM pg_class WHERE oid IN "
+                    "(to_regclass('items'), to_regclass('results'), to_regclass('queue_contents'))"
+                ).all()
+            )
+        # Analysed at 1,000 and 2,000 items: the planner's counts are within 2x of the 2,500 rows.
+        assert believed["items"] >= n / 2 and believed["results"] >= n / 2, believed
+        assert believed["queue_contents"] >= n / 9 / 2, believed
+    finally:
+        store.close()
