@@ -138,7 +138,7 @@ def _statements(dialect: str, scope: str) -> list[str]:
     """Rewrite the queue rows of the contents `scope` selects (a condition on `{c}.sha256`)."""
     j = _json(dialect)
     flagged = f"{j['action']} IN ('review', 'block')"
-    in_i = scope.format(c="i")  # on items' side: their sha256 index finds the few rows (also without statistics)
+    in_i = scope.format(c="i")  # on items' side: their sha256 index finds the few rows (given statistics: GrowthWatch)
     # The results of the contents' places, read once; their flagged classes, expanded once.
     facets = (
         "WITH base AS (SELECT i.sha256 AS sha256, r.policy AS policy, r.fired AS fired, r.tags AS tags "
