@@ -348,21 +348,23 @@ class GrowthWatch:
 
     def __init__(self) -> None:
         self.inserted = 0
+        self.due = ANALYZE_MIN_ROWS  # inserted items at which the planner's count is read again
 
-    def note(self, engine: Engine, inserted: int) -> bool:
+    def note(self, engine: Engine, inserted: int) -> None:
         """Count `inserted` new items; ANALYZE once they are a tenth of what the planner believes
-        the table holds (and at least ANALYZE_MIN_ROWS). True when it analysed. SQLite: nothing
-        (its planner uses the indexes without statistics; Store.analyze runs after bulk work)."""
+        the table holds (and at least ANALYZE_MIN_ROWS). The planner's count is read only when
+        the last one read is reached, not per batch. SQLite: nothing (its planner uses the
+        indexes without statistics; Store.analyze runs after bulk work)."""
         if engine.dialect.name != "postgresql" or inserted <= 0:
-            return False
+            return
         self.inserted += inserted
-        if self.inserted < ANALYZE_MIN_ROWS:
-            return False
+        if self.inserted < self.due:
+            return
         with engine.connect() as conn:
             believed = conn.exec_driver_sql("SELECT reltuples FROM pg_class WHERE oid = to_regclass('items')").scalar()
-            if self.inserted < ANALYZE_FRACTION * max(float(believed or 0), 0.0):
-                return False
+            self.due = max(ANALYZE_MIN_ROWS, int(ANALYZE_FRACTION * max(float(believed or 0), 0.0)))
+            if self.inserted < self.due:
+                return
             conn.exec_driver_sql(f"ANALYZE {', '.join(GROWING_TABLES)}")
             conn.commit()
         self.inserted = 0
-        return True
