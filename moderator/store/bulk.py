@@ -28,6 +28,15 @@ from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
 
 
 @contextmanager
+def _connection(source: Store | Connection) -> Iterator[Connection]:
+    if isinstance(source, Connection):
+        yield source
+        return
+    with source.session() as s:
+        yield s.connection()
+
+
+@contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: bulk work allocates ~10^5 small containers, each
     allocation burst triggering a collection that walks all of them (measured: ~40% of a
@@ -235,15 +244,17 @@ def stored_actions(
     return {i: found[i] for i in item_ids if i in found}
 
 
-def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int]) -> dict[int, list[PolicyResult]]:
-    """item id -> its stored results of these policies (for second opinions)."""
+def stored_results(
+    source: Store | Connection, policies: Iterable[str], item_ids: Iterable[int]
+) -> dict[int, list[PolicyResult]]:
+    """item id -> its stored results of these policies (for second opinions); `source` a store,
+    or a connection whose transaction's own writes count."""
     out: dict[int, list[PolicyResult]] = defaultdict(list)
     names = sorted(set(policies))
     if not names:
         return out
     cols = (Result.item_id, Result.policy, Result.policy_version, Result.scorer, Result.model_id, Result.action)
-    with store.session() as s:
-        conn = s.connection()
+    with _connection(source) as conn:
         for chunk in chunks(dict.fromkeys(item_ids)):
             stmt = select(*cols, Result.scores, Result.fired).where(Result.policy.in_(names), Result.item_id.in_(chunk))
             for item_id, policy, version, scorer, model_id, action, scores, fired in conn.execute(stmt):
@@ -257,32 +268,40 @@ def stored_results(store: Store, policies: Iterable[str], item_ids: Iterable[int
     return out
 
 
+ResultRows = Sequence[tuple[int, EncodedResult]]  # (item id, encoded result) of one policy
+
+
 def save_results(
     store: Store,
-    meta: PolicyMeta,
-    rows: Sequence[tuple[int, EncodedResult]],
+    parts: Sequence[tuple[PolicyMeta, Callable[[Connection], ResultRows]]],
     *,
-    chunk: bool = False,
+    id_range: IdRange | None = None,
     then: Callable[[Connection, int], None] | None = None,
 ) -> int:
-    """Upsert one policy's results, (item id, encoded result) pairs, and refresh decisions; returns
-    decisions changed. `meta` names the policy, its version, scorer and model.
+    """Upsert the results of one or more policies and refresh decisions once; returns decisions changed.
 
-    One transaction. Decisions are refreshed (store/results.py) over all the items' stored
-    results (another writer's count too): with `chunk`, for the span of ids the items cover
-    (a rescore's chunk), else for every scored item holding a result of this policy. `then` runs last in
-    the same transaction (a rescore moves its checkpoint there: all of it commits, or none).
+    A part is (meta naming the policy, its version, scorer and model; a function giving its rows
+    from the transaction's connection): a part's rows may depend on what the parts before it
+    wrote (a second opinion judged on another policy's new results). One transaction.
+    Decisions are refreshed (store/results.py) over all the items' stored results (another
+    writer's count too): for `id_range` when given (a rescore's chunk: one range, not a list
+    per 500 ids), else for every scored item holding a result of a part's policy. `then` runs
+    last in the same transaction (a rescore moves its checkpoints there: all of it commits, or none).
     """
-    head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
     with store.session() as s:
         conn = s.connection()
-        upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
-        if chunk and rows:  # a chunk is a span of ids: one range, not a list per 500 ids
-            changed = refresh_decisions(conn, id_range=IdRange.of([item_id for item_id, _ in rows]))
-        elif chunk:
-            changed = 0
+        written = 0
+        for meta, rows_of in parts:
+            head = (meta.policy, meta.policy_version, meta.scorer, meta.model_id)
+            rows = rows_of(conn)
+            upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
+            written += len(rows)
+        changed = 0
+        if id_range is not None:
+            changed = refresh_decisions(conn, id_range=id_range) if written else 0
         else:
-            changed = refresh_decisions(conn, policy=meta.policy)
+            for name in dict.fromkeys(meta.policy for meta, _ in parts):
+                changed += refresh_decisions(conn, policy=name)
         if then is not None:
             then(conn, changed)
         return changed

@@ -235,6 +235,12 @@ def create_store_engine(url: str | URL, *, create: bool = True) -> Engine:
 _FIX = "give the right --database-url (or MODERATOR_DATABASE_URL), or run `moderator scan` to create a store"
 
 
+def shares_one_connection(engine: Engine) -> bool:
+    """Whether every session of the engine uses the same DBAPI connection (in-memory SQLite):
+    work on another thread would interleave with the caller's transactions."""
+    return isinstance(engine.pool, StaticPool)
+
+
 def check_file_exists(url: str | URL) -> None:
     """StoreNotFound for a SQLite URL whose file is missing (checked before anything creates it)."""
     u = normalise_url(url)

@@ -289,28 +289,67 @@ def test_several_policies_in_one_pass_resume_each_from_its_own_checkpoint(
         s.connection().exec_driver_sql("DELETE FROM results")
         s.connection().exec_driver_sql("UPDATE items SET decision = NULL")
 
-    # Calls go pets 1, strict 1, pets 2, strict 2, pets 3, strict 3: strict's third chunk fails.
     real, calls = bulk.refresh_decisions, []
 
     def failing(conn: Any, **kwargs: Any) -> int:
         calls.append(1)
         changed = real(conn, **kwargs)
-        if len(calls) == 6:
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return changed
+
+    # A pass of pets alone stops in its third chunk; strict's last run finished.
+    monkeypatch.setattr(bulk, "refresh_decisions", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        rescore_many(store, [pets], MODEL_ID, chunk_size=3)
+    monkeypatch.setattr(bulk, "refresh_decisions", real)
+    assert store_reads[:3] == [3, 3, 3]
+    store_reads.clear()
+    ids = item_ids(store)
+    one, two = rescore_many(store, [pets, strict], MODEL_ID, chunk_size=3)
+    assert (one.resumed_after, two.resumed_after) == (ids[5], 0)  # pets joins the pass at its checkpoint
+    assert store_reads == [3, 3, 3, 2]  # each chunk read once for both policies
+    assert results_of(store) == apart
+    assert (one.items, two.items, one.missing) == (10, 10, 1)
+
+
+def test_a_pass_of_several_policies_commits_each_chunk_for_all_of_them_or_for_none(
+    tmp_path: Path,
+    store: Store,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One transaction per chunk: every policy's results, one refresh of decisions and queue, the checkpoints."""
+    from sqlalchemy import select
+
+    from moderator.engine.rescore import rescore_many
+
+    seeded(store)
+    ctx, _ = context(tmp_path, monkeypatch)
+    pets = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
+    strict = compiled(write(tmp_path / "strict.yaml", EDITED.replace("name: pets", "name: strict")), ctx)
+    real, calls = bulk.refresh_decisions, []
+
+    def failing(conn: Any, **kwargs: Any) -> int:
+        calls.append(kwargs)
+        changed = real(conn, **kwargs)
+        if len(calls) == 2:
             raise RuntimeError("killed")
         return changed
 
     monkeypatch.setattr(bulk, "refresh_decisions", failing)
     with pytest.raises(RuntimeError, match="killed"):
         rescore_many(store, [pets, strict], MODEL_ID, chunk_size=3)
-    monkeypatch.setattr(bulk, "refresh_decisions", real)
-    assert store_reads == [3, 3, 3]  # each chunk read once for both policies
-    store_reads.clear()
     ids = item_ids(store)
+    assert [c["id_range"] for c in calls] == [(ids[0], ids[2]), (ids[3], ids[5])]  # one refresh per chunk
+    uris = sorted(ITEMS)
+    assert sorted(results_of(store)) == sorted(f"{u}/{p}" for u in uris[:3] for p in ("pets", "strict"))
+    with store.session() as s:
+        runs = s.execute(select(RescoreRun.policy, RescoreRun.last_item_id, RescoreRun.items)).all()
+    assert sorted(map(tuple, runs)) == [("pets", ids[2], 3), ("strict", ids[2], 3)]
+    monkeypatch.setattr(bulk, "refresh_decisions", real)
     one, two = rescore_many(store, [pets, strict], MODEL_ID, chunk_size=3)
-    assert (one.resumed_after, two.resumed_after) == (ids[8], ids[5])
-    assert store_reads == [3, 2]  # from the earlier checkpoint on
-    assert results_of(store) == apart
-    assert (one.items, two.items, one.missing) == (10, 10, 1)
+    assert (one.resumed_after, two.resumed_after, one.items, two.items) == (ids[2], ids[2], 10, 10)
+    assert one.decisions_changed == two.decisions_changed  # the chunks' changes, shared by the pass
 
 
 def test_a_rescore_chunk_refreshes_its_decisions_in_one_statement(

@@ -325,9 +325,8 @@ def test_a_scan_and_a_bulk_write_refresh_decisions_alike(store: Store) -> None:
     with store.session() as s:
         item_ids = dict(s.execute(select(Item.uri, Item.id)).all())
     blocked = result("nsfw", fired=(NUDE,), explicit=0.9)
-    changed = save_results(
-        store, PolicyMeta("nsfw", "v1", "clip", "ViT-B-32/test"), [(item_ids["/g0.jpg"], encode_result(blocked))]
-    )
+    rows = [(item_ids["/g0.jpg"], encode_result(blocked))]
+    changed = save_results(store, [(PolicyMeta("nsfw", "v1", "clip", "ViT-B-32/test"), lambda conn: rows)])
     assert changed == 1
     decisions = {r.uri: r.decision for r in store.iter_export(ExportFilters())}
     assert decisions == {"/g0.jpg": Action.BLOCK, "/g1.jpg": Action.TAG, "/g2.jpg": Action.TAG}
