@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ from moderator.engine.rescore import (
 from moderator.policy.schema import PolicySpec
 from moderator.store import Store
 from moderator.store.bulk import CHUNK_ITEMS, ItemChunk, gc_paused, iter_item_chunks, stored_actions
+from moderator.store.engine import Aside
 from moderator.types import Action
 
 TAG = Action.TAG.severity
@@ -164,10 +166,13 @@ def _diff(
     result.scores_reused = same_scorer and scoring_part(old.loaded.spec) == scoring_part(new.loaded.spec)
     names = list(dict.fromkeys([*old.rules.classes, *new.rules.classes]))
     tally = _Tally(names, sample)
-    for chunk in iter_item_chunks(store, model_id, size=chunk_size):
-        result.items += len(chunk.ids)
-        result.missing += chunk.missing
-        _diff_chunk(store, old, new, chunk, rules, names, result, tally)
+    with Aside(store.engine, "diff-reader") as aside:
+        for chunk in iter_item_chunks(store, model_id, size=chunk_size):
+            result.items += len(chunk.ids)
+            result.missing += chunk.missing
+            # The other policies' stored actions are read while this chunk is scored.
+            others = aside.submit(stored_actions, store, leave_out={old.name, new.name}, item_ids=chunk.ids)
+            _diff_chunk(store, old, new, chunk, others, rules, names, result, tally)
     result.classes = [
         ClassChange(
             name=name,
@@ -189,6 +194,7 @@ def _diff_chunk(
     old: CompiledPolicy,
     new: CompiledPolicy,
     items: ItemChunk,
+    stored: Future[dict[int, int]],
     rules: Sequence[SecondOpinionRule] | None,
     names: list[str],
     result: PolicyDiff,
@@ -206,7 +212,7 @@ def _diff_chunk(
     sev_new = _fired(item_severity(store, new, new_scored, items, rules), new.rules.classes, names)
     act_old, act_new = policy_actions(sev_old), policy_actions(sev_new)
 
-    others = stored_actions(store, leave_out={old.name, new.name}, item_ids=items.ids)
+    others = stored.result()
     other = np.array([others.get(i, 0) for i in items.ids], dtype=np.int8)
     dec_old, dec_new = np.maximum(other, act_old), np.maximum(other, act_new)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,7 @@ from moderator.store.bulk import (
     save_results,
     stored_results,
 )
-from moderator.store.engine import IdRange, shares_one_connection
+from moderator.store.engine import Aside, IdRange
 from moderator.store.results import EncodedResult, ResultEncoder, encode_result
 from moderator.store.runs import Checkpoint, save_checkpoint, start_run
 from moderator.types import PolicyResult
@@ -261,7 +261,7 @@ class _Pass:
     Chunks are written on one background thread, in order, while the caller scores the next
     (at most one chunk waits): the database's work on a chunk overlaps Python's on the next
     (measured at 1M items on PostgreSQL: the store's statements were ~60% of a serial run).
-    A store whose engine shares one connection (in-memory SQLite) is written inline.
+    A store whose engine shares one connection (in-memory SQLite) is written inline (store.engine.Aside).
     """
 
     def __init__(
@@ -274,27 +274,18 @@ class _Pass:
     ) -> None:
         self.store, self.policies, self.keys, self.points, self.ruled = store, policies, keys, points, ruled
         self.seconds = [dict.fromkeys(("load", "score", "results", "write"), 0.0) for _ in policies]
-        inline = shares_one_connection(store.engine)
-        self._pool = None if inline else ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-writer")
+        self.writer = Aside(store.engine, "rescore-writer")
         self._pending: Future[None] | None = None
 
     def submit(self, chunk: ItemChunk, parts: list[_Part]) -> None:
         """Write the chunk's parts (after the chunk before it committed); raises the error of an earlier write."""
         self.wait()
-        if self._pool is None:
-            self._write(chunk, parts)
-        else:
-            self._pending = self._pool.submit(self._write, chunk, parts)
+        self._pending = self.writer.submit(self._write, chunk, parts)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
-
-    def close(self) -> None:
-        """Wait for the chunk being written (committed or failed), without raising its error."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
 
     def _write(self, chunk: ItemChunk, parts: list[_Part]) -> None:
         t = time.perf_counter()
@@ -347,7 +338,7 @@ def _rescore(
         for p, start in zip(policies, starts, strict=True)
     ]
     work = _Pass(store, policies, keys, points, [policy_rules(p, rules) for p in policies])
-    try:
+    with work.writer:  # leaving waits for the chunk in flight, committed or failed
         t = time.perf_counter()
         for chunk in iter_item_chunks(store, model_id, after=min(starts), size=chunk_size):
             due = [k for k in range(len(policies)) if chunk.last_id > starts[k]]
@@ -356,8 +347,6 @@ def _rescore(
             work.submit(chunk, [_score_part(policies[k], k, chunk.after(starts[k]), work.seconds[k]) for k in due])
             t = time.perf_counter()
         work.wait()
-    finally:
-        work.close()
     with store.session() as s:
         for key, at in zip(keys, work.points, strict=True):
             save_checkpoint(s.connection(), *key, at, finished=True)

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from moderator.decide import PolicyMeta
-from moderator.store.engine import IdRange, chunks, driver_sql
+from moderator.store.engine import Aside, IdRange, chunks, driver_sql, fetch_rows
 from moderator.store.repository import Store
 from moderator.store.results import EncodedResult, refresh_decisions, severity_sql, upsert_results
 from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Result
@@ -149,23 +149,27 @@ _CHUNK_QUERY = (
 
 
 def iter_item_chunks(store: Store, model_id: str, *, after: int = 0, size: int = CHUNK_ITEMS) -> Iterator[ItemChunk]:
-    """The scored items after id `after`, `size` at a time, with
-    their embeddings of `model_id`: one keyset query per chunk (items by primary key joined
-    to embeddings by theirs), each in its own short read, so memory is one chunk's whatever
-    the store's size and no transaction stays open between chunks."""
-    last = after
-    while True:
-        with store.session() as s:
-            conn = s.connection()
-            rows = conn.exec_driver_sql(
-                driver_sql(conn, _CHUNK_QUERY), (model_id, last, ItemStatus.OK.value, size)
-            ).all()
-        if not rows:
-            return
-        yield _chunk(model_id, rows)
-        if len(rows) < size:
-            return
-        last = rows[-1][0]
+    """The scored items after id `after`, `size` at a time, with their embeddings of
+    `model_id`: one keyset query per chunk (items by primary key joined to embeddings by
+    theirs), each in its own short read, so memory is two chunks' whatever the store's size
+    and no transaction stays open between chunks. The next chunk is read on a background
+    thread while the caller works on this one (measured at 1M items on PostgreSQL: the reads
+    were half of a policy diff), inline for an engine that shares one connection."""
+    with Aside(store.engine, "chunk-reader") as reader:
+        pending = reader.submit(_read_chunk, store, model_id, after, size)
+        while (chunk := pending.result()) is not None:
+            full = len(chunk.ids) + len(chunk.missing_ids) == size
+            if full:
+                pending = reader.submit(_read_chunk, store, model_id, chunk.last_id, size)
+            yield chunk
+            if not full:
+                return
+
+
+def _read_chunk(store: Store, model_id: str, after: int, size: int) -> ItemChunk | None:
+    with store.session() as s:
+        rows = fetch_rows(s.connection(), _CHUNK_QUERY, (model_id, after, ItemStatus.OK.value, size))
+    return _chunk(model_id, rows) if rows else None
 
 
 def _chunk(model_id: str, rows: Sequence[Any]) -> ItemChunk:

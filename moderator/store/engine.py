@@ -9,7 +9,8 @@ import importlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -148,6 +149,17 @@ def driver_sql(conn: Connection, statement: str) -> str:
     return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
 
 
+def fetch_rows(conn: Connection, statement: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    """Every row of a statement written with ? placeholders. On PostgreSQL through a binary
+    cursor: bytea arrives as stored, not as hex text for both ends to convert (a rescore's
+    chunk of 20k embeddings, measured: 0.34 -> 0.23 s)."""
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
+        cursor.execute(statement.replace("?", "%s"), params)
+        return cursor.fetchall()  # type: ignore[no-any-return]
+    return conn.exec_driver_sql(driver_sql(conn, statement), tuple(params)).all()
+
+
 # -- engines ---------------------------------------------------------------------------------
 
 
@@ -239,6 +251,32 @@ def shares_one_connection(engine: Engine) -> bool:
     """Whether every session of the engine uses the same DBAPI connection (in-memory SQLite):
     work on another thread would interleave with the caller's transactions."""
     return isinstance(engine.pool, StaticPool)
+
+
+class Aside:
+    """Store work on one background thread, in submission order, while the caller computes:
+    the database's time overlaps Python's (the reads and writes of rescore and diff). Inline
+    for an engine that shares one connection. Leaving the block waits for the work in flight."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._pool = None if shares_one_connection(engine) else ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args, **kwargs)
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - raised where the result is asked for, as on the thread
+            done.set_exception(exc)
+        return done
+
+    def __enter__(self) -> Aside:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def check_file_exists(url: str | URL) -> None:
