@@ -14,10 +14,11 @@ from itertools import groupby
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, Row, Select, String, Text, and_, cast, exists, func, select, type_coerce
+from sqlalchemy import ColumnElement, Engine, Row, Select, String, Text, and_, cast, exists, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
+from moderator.store.engine import Aside
 from moderator.store.tables import Item, Result, Review
 from moderator.types import Action, ItemStatus
 
@@ -240,7 +241,10 @@ def _wide_query(filters: ExportFilters, dialect: str, classes: dict[str, list[st
     stmt = select().select_from(Item)
     for policy in classes:
         r = aliased(Result)
-        stmt = stmt.outerjoin(r, and_(r.item_id == Item.id, r.policy == policy))
+        # `r.item_id > after` as well: PostgreSQL merge-joins each policy's results in item order
+        # and does not carry `items.id > after` over, so each chunk read that policy's results
+        # from the first item on (1M items: 1.4 s per chunk of 10k at the middle, 0.15 s with it).
+        stmt = stmt.outerjoin(r, and_(r.item_id == Item.id, r.policy == policy, r.item_id > after))
         cols += [r.policy_version, r.model_id, text(r.action, String), _as_text(r.tags, dialect)]
         cols += [_as_text(r.fired, dialect), _as_text(r.scores, dialect)]
     return (
@@ -263,19 +267,29 @@ def iter_export_chunks(
     item), the flat columns of `moderator export --format parquet` as lists. Raises
     ColumnsGrew when a result names a class `classes` lacks."""
     layout = _Layout(classes)
-    last = 0
-    while True:
-        with session_factory() as session:
-            dialect = session.get_bind().dialect.name
-            rows = session.connection().execute(_wide_query(filters, dialect, classes, last, size)).all()
-            if not rows:
-                return
+    with session_factory() as session:
+        engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    # The next chunk is read on a background thread while this one is shaped (measured at 1M
+    # items on PostgreSQL: the reads were half of a serial export).
+    with Aside(engine, "export-reader") as reader:
+        pending = reader.submit(_read_chunk, session_factory, filters, classes, 0, size)
+        while rows := pending.result():
+            if len(rows) == size:
+                pending = reader.submit(_read_chunk, session_factory, filters, classes, rows[-1][0], size)
             columns = list(zip(*rows, strict=True))
-        _check_versions(layout, columns)
-        yield _flat(columns, layout, len(rows))
-        if len(rows) < size:
-            return
-        last = rows[-1][0]
+            _check_versions(layout, columns)
+            yield _flat(columns, layout, len(rows))
+            if len(rows) < size:
+                return
+
+
+def _read_chunk(
+    session_factory: Any, filters: ExportFilters, classes: dict[str, list[str]], after: int, size: int
+) -> Sequence[Any]:
+    with session_factory() as session:
+        dialect = session.get_bind().dialect.name
+        return session.connection().execute(_wide_query(filters, dialect, classes, after, size)).all()
 
 
 PER_POLICY = 6  # version, model, action, tags, fired, scores
