@@ -53,6 +53,31 @@ def policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CompiledP
     return compiled(write(tmp_path / "pets.yaml", PETS), ctx), compiled(write(tmp_path / "edited.yaml", EDITED), ctx)
 
 
+REFRESH = bulk.refresh_decisions
+
+
+def refresh_failing_at(monkeypatch: pytest.MonkeyPatch, n: int) -> list[dict[str, Any]]:
+    """bulk.refresh_decisions raising once its n-th call has run (the chunk's transaction still
+    open); the keyword arguments of each call. Undone by setting REFRESH back."""
+    calls: list[dict[str, Any]] = []
+
+    def failing(conn: Any, **kwargs: Any) -> int:
+        calls.append(kwargs)
+        changed = REFRESH(conn, **kwargs)
+        if len(calls) == n:
+            raise RuntimeError("killed")
+        return changed
+
+    monkeypatch.setattr(bulk, "refresh_decisions", failing)
+    return calls
+
+
+def two_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CompiledPolicy, CompiledPolicy]:
+    ctx, _ = context(tmp_path, monkeypatch)
+    pets = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
+    return pets, compiled(write(tmp_path / "strict.yaml", EDITED.replace("name: pets", "name: strict")), ctx)
+
+
 def test_a_rescore_stopped_after_two_chunks_goes_on_and_ends_as_a_clean_one(
     tmp_path: Path,
     store: Store,  # noqa: F811
@@ -64,20 +89,10 @@ def test_a_rescore_stopped_after_two_chunks_goes_on_and_ends_as_a_clean_one(
     before = state(store)
 
     # The third chunk fails after its results were written, before its transaction commits.
-    real = bulk.refresh_decisions
-    calls = []
-
-    def failing(conn: Any, **kwargs: Any) -> int:
-        calls.append(kwargs)
-        changed = real(conn, **kwargs)
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        return changed
-
-    monkeypatch.setattr(bulk, "refresh_decisions", failing)
+    refresh_failing_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="killed"):
         rescore(store, edited, MODEL_ID, chunk_size=3)
-    monkeypatch.setattr(bulk, "refresh_decisions", real)
+    monkeypatch.setattr(bulk, "refresh_decisions", REFRESH)
 
     ids = item_ids(store)
     stopped = state(store)
@@ -278,9 +293,7 @@ def test_several_policies_in_one_pass_resume_each_from_its_own_checkpoint(
     from moderator.engine.rescore import rescore_many
 
     seeded(store)
-    ctx, _ = context(tmp_path, monkeypatch)
-    pets = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
-    strict = compiled(write(tmp_path / "strict.yaml", EDITED.replace("name: pets", "name: strict")), ctx)
+    pets, strict = two_policies(tmp_path, monkeypatch)
     rescore(store, pets, MODEL_ID, chunk_size=3)
     rescore(store, strict, MODEL_ID, chunk_size=3)
     apart = results_of(store)
@@ -289,20 +302,11 @@ def test_several_policies_in_one_pass_resume_each_from_its_own_checkpoint(
         s.connection().exec_driver_sql("DELETE FROM results")
         s.connection().exec_driver_sql("UPDATE items SET decision = NULL")
 
-    real, calls = bulk.refresh_decisions, []
-
-    def failing(conn: Any, **kwargs: Any) -> int:
-        calls.append(1)
-        changed = real(conn, **kwargs)
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        return changed
-
     # A pass of pets alone stops in its third chunk; strict's last run finished.
-    monkeypatch.setattr(bulk, "refresh_decisions", failing)
+    refresh_failing_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="killed"):
         rescore_many(store, [pets], MODEL_ID, chunk_size=3)
-    monkeypatch.setattr(bulk, "refresh_decisions", real)
+    monkeypatch.setattr(bulk, "refresh_decisions", REFRESH)
     assert store_reads[:3] == [3, 3, 3]
     store_reads.clear()
     ids = item_ids(store)
@@ -324,19 +328,8 @@ def test_a_pass_of_several_policies_commits_each_chunk_for_all_of_them_or_for_no
     from moderator.engine.rescore import rescore_many
 
     seeded(store)
-    ctx, _ = context(tmp_path, monkeypatch)
-    pets = compiled(write(tmp_path / "pets.yaml", PETS), ctx)
-    strict = compiled(write(tmp_path / "strict.yaml", EDITED.replace("name: pets", "name: strict")), ctx)
-    real, calls = bulk.refresh_decisions, []
-
-    def failing(conn: Any, **kwargs: Any) -> int:
-        calls.append(kwargs)
-        changed = real(conn, **kwargs)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return changed
-
-    monkeypatch.setattr(bulk, "refresh_decisions", failing)
+    pets, strict = two_policies(tmp_path, monkeypatch)
+    calls = refresh_failing_at(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="killed"):
         rescore_many(store, [pets, strict], MODEL_ID, chunk_size=3)
     ids = item_ids(store)
@@ -346,7 +339,7 @@ def test_a_pass_of_several_policies_commits_each_chunk_for_all_of_them_or_for_no
     with store.session() as s:
         runs = s.execute(select(RescoreRun.policy, RescoreRun.last_item_id, RescoreRun.items)).all()
     assert sorted(map(tuple, runs)) == [("pets", ids[2], 3), ("strict", ids[2], 3)]
-    monkeypatch.setattr(bulk, "refresh_decisions", real)
+    monkeypatch.setattr(bulk, "refresh_decisions", REFRESH)
     one, two = rescore_many(store, [pets, strict], MODEL_ID, chunk_size=3)
     assert (one.resumed_after, two.resumed_after, one.items, two.items) == (ids[2], ids[2], 10, 10)
     assert one.decisions_changed == two.decisions_changed  # the chunks' changes, shared by the pass
