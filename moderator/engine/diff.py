@@ -30,8 +30,8 @@ from moderator.engine.rescore import (
 )
 from moderator.policy.schema import PolicySpec
 from moderator.store import Store
-from moderator.store.bulk import CHUNK_ITEMS, ItemChunk, gc_paused, iter_item_chunks, stored_actions
-from moderator.store.engine import Aside
+from moderator.store.bulk import CHUNK_ITEMS, ItemChunk, iter_item_chunks, stored_actions
+from moderator.store.engine import Aside, gc_paused
 from moderator.types import Action
 
 TAG = Action.TAG.severity

@@ -35,12 +35,11 @@ from moderator.store.bulk import (
     CHUNK_ITEMS,
     EmbeddingMatrix,
     ItemChunk,
-    gc_paused,
     iter_item_chunks,
     save_results,
     stored_results,
 )
-from moderator.store.engine import Aside, IdRange
+from moderator.store.engine import Aside, IdRange, gc_paused
 from moderator.store.results import EncodedResult, ResultEncoder, encode_result
 from moderator.store.runs import Checkpoint, save_checkpoint, start_run
 from moderator.types import PolicyResult

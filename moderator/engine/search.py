@@ -25,8 +25,8 @@ from sqlalchemy import Connection, select
 from moderator.engine.ann import AnnIndex, build, index_root, max_seq, model_dir, read_seqs, reading, seq_of
 from moderator.settings import Settings
 from moderator.store import Store
-from moderator.store.bulk import EmbeddingMatrix, gc_paused, load_embedding_matrix
-from moderator.store.engine import chunks
+from moderator.store.bulk import EmbeddingMatrix, load_embedding_matrix
+from moderator.store.engine import chunks, gc_paused
 from moderator.store.tables import Item, Result
 from moderator.types import Action, ItemStatus, SourceItem
 

@@ -9,7 +9,6 @@ written through the same upsert and decision refresh as Store.save_items
 
 from __future__ import annotations
 
-import gc
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,20 +33,6 @@ def _connection(source: Store | Connection) -> Iterator[Connection]:
         return
     with source.session() as s:
         yield s.connection()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: bulk work allocates ~10^5 small containers, each
-    allocation burst triggering a collection that walks all of them (measured: ~40% of a
-    100k-item rescore). What they free goes by reference counting as usual."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass(frozen=True)

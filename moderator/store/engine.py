@@ -5,12 +5,14 @@ no alembic.ini, the scripts ship inside the package).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -251,6 +253,20 @@ def shares_one_connection(engine: Engine) -> bool:
     """Whether every session of the engine uses the same DBAPI connection (in-memory SQLite):
     work on another thread would interleave with the caller's transactions."""
     return isinstance(engine.pool, StaticPool)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: bulk work allocates ~10^5 small containers, each
+    allocation burst triggering a collection that walks all of them (measured: ~40% of a
+    100k-item rescore, and a 1M export's shaping). What they free goes by reference counting as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Aside:

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Engine, Row, Select, String, Text, and_, c
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from moderator.store.engine import Aside
+from moderator.store.engine import Aside, gc_paused
 from moderator.store.tables import Item, Result, Review
 from moderator.types import Action, ItemStatus
 
@@ -272,7 +272,7 @@ def iter_export_chunks(
     assert isinstance(engine, Engine)
     # The next chunk is read on a background thread while this one is shaped (measured at 1M
     # items on PostgreSQL: the reads were half of a serial export).
-    with Aside(engine, "export-reader") as reader:
+    with gc_paused(), Aside(engine, "export-reader") as reader:
         pending = reader.submit(_read_chunk, session_factory, filters, classes, 0, size)
         while rows := pending.result():
             if len(rows) == size:
