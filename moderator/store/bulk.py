@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from moderator.decide import PolicyMeta
-from moderator.store.engine import Aside, IdRange, chunks, driver_sql, fetch_rows
+from moderator.store.engine import IdRange, chunks, driver_sql, fetch_rows, pages_ahead
 from moderator.store.repository import Store
 from moderator.store.results import EncodedResult, refresh_decisions, severity_sql, upsert_results
 from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Result
@@ -140,21 +140,13 @@ def iter_item_chunks(store: Store, model_id: str, *, after: int = 0, size: int =
     and no transaction stays open between chunks. The next chunk is read on a background
     thread while the caller works on this one (measured at 1M items on PostgreSQL: the reads
     were half of a policy diff), inline for an engine that shares one connection."""
-    with Aside(store.engine, "chunk-reader") as reader:
-        pending = reader.submit(_read_chunk, store, model_id, after, size)
-        while (chunk := pending.result()) is not None:
-            full = len(chunk.ids) + len(chunk.missing_ids) == size
-            if full:
-                pending = reader.submit(_read_chunk, store, model_id, chunk.last_id, size)
-            yield chunk
-            if not full:
-                return
 
+    def read(last: int) -> Sequence[Sequence[Any]]:
+        with store.session() as s:
+            return fetch_rows(s.connection(), _CHUNK_QUERY, (model_id, last, ItemStatus.OK.value, size))
 
-def _read_chunk(store: Store, model_id: str, after: int, size: int) -> ItemChunk | None:
-    with store.session() as s:
-        rows = fetch_rows(s.connection(), _CHUNK_QUERY, (model_id, after, ItemStatus.OK.value, size))
-    return _chunk(model_id, rows) if rows else None
+    for rows in pages_ahead(store.engine, "chunk-reader", read, after, size):
+        yield _chunk(model_id, rows)
 
 
 def _chunk(model_id: str, rows: Sequence[Any]) -> ItemChunk:

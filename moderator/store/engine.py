@@ -295,6 +295,23 @@ class Aside:
             self._pool.shutdown(wait=True)
 
 
+def pages_ahead(
+    engine: Engine, name: str, read: Callable[[int], Sequence[Sequence[Any]]], after: int, size: int
+) -> Iterator[Sequence[Sequence[Any]]]:
+    """Keyset pages: `read(key)` gives up to `size` rows after `key` in key order (the key is a
+    row's first column). The next page is read on a background thread (Aside) while the caller
+    works on this one; a short page is the last."""
+    with Aside(engine, name) as reader:
+        pending = reader.submit(read, after)
+        while rows := pending.result():
+            full = len(rows) == size
+            if full:
+                pending = reader.submit(read, rows[-1][0])
+            yield rows
+            if not full:
+                return
+
+
 def check_file_exists(url: str | URL) -> None:
     """StoreNotFound for a SQLite URL whose file is missing (checked before anything creates it)."""
     u = normalise_url(url)

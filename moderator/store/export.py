@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Engine, Row, Select, String, Text, and_, c
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
-from moderator.store.engine import Aside, gc_paused
+from moderator.store.engine import gc_paused, pages_ahead
 from moderator.store.tables import Item, Result, Review
 from moderator.types import Action, ItemStatus
 
@@ -270,26 +270,19 @@ def iter_export_chunks(
     with session_factory() as session:
         engine = session.get_bind()
     assert isinstance(engine, Engine)
+
     # The next chunk is read on a background thread while this one is shaped (measured at 1M
     # items on PostgreSQL: the reads were half of a serial export).
-    with gc_paused(), Aside(engine, "export-reader") as reader:
-        pending = reader.submit(_read_chunk, session_factory, filters, classes, 0, size)
-        while rows := pending.result():
-            if len(rows) == size:
-                pending = reader.submit(_read_chunk, session_factory, filters, classes, rows[-1][0], size)
+    def read(after: int) -> Sequence[Any]:
+        with session_factory() as session:
+            query = _wide_query(filters, engine.dialect.name, classes, after, size)
+            return session.connection().execute(query).all()
+
+    with gc_paused():
+        for rows in pages_ahead(engine, "export-reader", read, 0, size):
             columns = list(zip(*rows, strict=True))
             _check_versions(layout, columns)
             yield _flat(columns, layout, len(rows))
-            if len(rows) < size:
-                return
-
-
-def _read_chunk(
-    session_factory: Any, filters: ExportFilters, classes: dict[str, list[str]], after: int, size: int
-) -> Sequence[Any]:
-    with session_factory() as session:
-        dialect = session.get_bind().dialect.name
-        return session.connection().execute(_wide_query(filters, dialect, classes, after, size)).all()
 
 
 PER_POLICY = 6  # version, model, action, tags, fired, scores
