@@ -73,7 +73,7 @@ def rescore(
             console.print(f"{p.name}: {exc}", style="red")
             failed = True
     try:
-        # One pass over the store for every policy; each commits its own chunks and checkpoint.
+        # One pass over the store for every policy; each chunk commits all their results and checkpoints.
         started = time.perf_counter()
         summaries = rescore_many(store, runnable, model_id, rules=rules) if runnable else []
     except ValueError as exc:  # a scorer's answer was refused; rerunning goes on from the checkpoints

@@ -37,7 +37,7 @@ from sqlalchemy import Connection, select
 
 from moderator.settings import Settings, user_data
 from moderator.store import Store
-from moderator.store.engine import driver_sql
+from moderator.store.engine import driver_sql, reading
 from moderator.store.tables import VECTOR_DTYPE, Embedding
 
 FRAME_BITS = 7  # frames per embedding row: at most 65 (video_frames + 1)
@@ -75,16 +75,6 @@ def model_dir(root: Path, model_id: str) -> Path:
 
 
 # -- the store side: O(1) freshness and reads by seq ---------------------------------------
-
-
-@contextmanager
-def reading(source: Store | Connection) -> Iterator[Connection]:
-    """A Core connection (cheaper than an ORM session: queries here are a few per search)."""
-    if isinstance(source, Connection):
-        yield source
-        return
-    with source.engine.connect() as conn:
-        yield conn
 
 
 def max_seq(source: Store | Connection, model_id: str) -> int:

@@ -22,11 +22,11 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import Connection, select
 
-from moderator.engine.ann import AnnIndex, build, index_root, max_seq, model_dir, read_seqs, reading, seq_of
+from moderator.engine.ann import AnnIndex, build, index_root, max_seq, model_dir, read_seqs, seq_of
 from moderator.settings import Settings
 from moderator.store import Store
 from moderator.store.bulk import EmbeddingMatrix, load_embedding_matrix
-from moderator.store.engine import chunks, gc_paused
+from moderator.store.engine import chunks, gc_paused, reading
 from moderator.store.tables import Item, Result
 from moderator.types import Action, ItemStatus, SourceItem
 

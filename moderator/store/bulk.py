@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +18,11 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 
 from moderator.decide import PolicyMeta
-from moderator.store.engine import IdRange, chunks, driver_sql, fetch_rows, pages_ahead
+from moderator.store.engine import IdRange, chunks, driver_sql, fetch_rows, pages_ahead, reading
 from moderator.store.repository import Store
 from moderator.store.results import EncodedResult, refresh_decisions, severity_sql, upsert_results
 from moderator.store.tables import VECTOR_DTYPE, Embedding, Item, Result
 from moderator.types import Action, FiredClass, ItemStatus, PolicyResult
-
-
-@contextmanager
-def _connection(source: Store | Connection) -> Iterator[Connection]:
-    if isinstance(source, Connection):
-        yield source
-        return
-    with source.session() as s:
-        yield s.connection()
 
 
 @dataclass(frozen=True)
@@ -235,7 +225,7 @@ def stored_results(
     if not names:
         return out
     cols = (Result.item_id, Result.policy, Result.policy_version, Result.scorer, Result.model_id, Result.action)
-    with _connection(source) as conn:
+    with reading(source) as conn:
         for chunk in chunks(dict.fromkeys(item_ids)):
             stmt = select(*cols, Result.scores, Result.fired).where(Result.policy.in_(names), Result.item_id.in_(chunk))
             for item_id, policy, version, scorer, model_id, action, scores, fired in conn.execute(stmt):
@@ -278,11 +268,11 @@ def save_results(
             upsert_results(conn, [(item_id, *head, *encoded) for item_id, encoded in rows])
             written += len(rows)
         changed = 0
-        if id_range is not None:
-            changed = refresh_decisions(conn, id_range=id_range) if written else 0
-        else:
+        if id_range is None:
             for name in dict.fromkeys(meta.policy for meta, _ in parts):
                 changed += refresh_decisions(conn, policy=name)
+        elif written:
+            changed = refresh_decisions(conn, id_range=id_range)
         if then is not None:
             then(conn, changed)
         return changed

@@ -41,6 +41,8 @@ from sqlalchemy.types import TypeDecorator
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from moderator.store.repository import Store
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Keys per IN (...) list: far below every backend's bound-parameter limit.
 CHUNK = 500
@@ -149,6 +151,17 @@ def chunks(values: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
 def driver_sql(conn: Connection, statement: str) -> str:
     """A statement written with ? placeholders, in the driver's own paramstyle."""
     return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
+
+
+@contextmanager
+def reading(source: Store | Connection) -> Iterator[Connection]:
+    """A Core connection for a few reads (cheaper than an ORM session): the one given, whose
+    transaction's own writes count, or a new one of the store's engine."""
+    if isinstance(source, Connection):
+        yield source
+        return
+    with source.engine.connect() as conn:
+        yield conn
 
 
 def fetch_rows(conn: Connection, statement: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
