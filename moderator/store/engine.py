@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import (
     URL,
@@ -40,8 +40,6 @@ from sqlalchemy.types import TypeDecorator
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-    from moderator.store.repository import Store
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Keys per IN (...) list: far below every backend's bound-parameter limit.
@@ -153,8 +151,15 @@ def driver_sql(conn: Connection, statement: str) -> str:
     return statement if conn.dialect.paramstyle == "qmark" else statement.replace("?", "%s")
 
 
+class HasEngine(Protocol):
+    """A store (repository.Store), named by what it offers here: this module sits below it."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+
 @contextmanager
-def reading(source: Store | Connection) -> Iterator[Connection]:
+def reading(source: HasEngine | Connection) -> Iterator[Connection]:
     """A Core connection for a few reads (cheaper than an ORM session): the one given, whose
     transaction's own writes count, or a new one of the store's engine."""
     if isinstance(source, Connection):
